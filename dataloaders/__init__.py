@@ -1,0 +1,51 @@
+"""Data for one rank: a seeded train/validation split, train-split statistics, shards and batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indices  # noqa: F401
+from dataloaders.sources import DataError, RawData, load_raw  # noqa: F401
+
+
+@dataclass
+class Data:
+    train: TrainBatches
+    val: EvalBatches
+    test: EvalBatches
+    channels: int
+    image_size: int
+    num_classes: int
+    train_size: int
+
+
+def split_train_val(raw: RawData, val_ratio: float, seed: int):
+    """Seeded split of the training data, the same on every rank (it depends on the seed only)."""
+    order = torch.randperm(len(raw.train_images), generator=torch.Generator().manual_seed(seed + 1))
+    val_count = max(1, int(round(len(order) * val_ratio)))
+    val, train = order[:val_count], order[val_count:]
+    return (raw.train_images[train], raw.train_labels[train]), (raw.train_images[val], raw.train_labels[val])
+
+
+def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float,
+               val_ratio: float, batch_size: int, eval_batch_size: int, augment: bool, seed: int,
+               rank: int, world_size: int, device: torch.device) -> Data:
+    raw = load_raw(dataset, data_dir, download, synthetic_size, test_ratio, seed)
+    (train_images, train_labels), (val_images, val_labels) = split_train_val(raw, val_ratio, seed)
+    shard_size = len(train_images) // world_size
+    if shard_size < batch_size:
+        raise DataError(f"each of the {world_size} ranks gets {shard_size} training images, fewer than one batch of "
+                        f"{batch_size}; lower --batch-size or the number of ranks")
+    normalizer = Normalizer.from_images(train_images).to(device)
+    to_device = lambda tensor: tensor.to(device)  # noqa: E731
+    # Mirroring digits makes other symbols (a flipped 2 is no 2), so MNIST is only cropped.
+    flip = dataset != "mnist"
+    train = TrainBatches(to_device(train_images), to_device(train_labels), normalizer, batch_size, rank, world_size,
+                         seed, augment, flip)
+    val = EvalBatches(to_device(val_images), to_device(val_labels), normalizer, eval_batch_size, rank, world_size)
+    test = EvalBatches(to_device(raw.test_images), to_device(raw.test_labels), normalizer, eval_batch_size, rank,
+                       world_size)
+    channels, image_size = train_images.shape[1], train_images.shape[2]
+    return Data(train, val, test, channels, image_size, raw.num_classes, len(train_images))

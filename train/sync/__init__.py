@@ -1,0 +1,25 @@
+"""Training types by name: one small class per way the ranks agree."""
+
+from __future__ import annotations
+
+from train.sync.adaptive import AdaptiveJ
+from train.sync.base import RunShape, Sync
+from train.sync.mbsgd import MBSGD
+from train.sync.plsgd import PLSGD, PostLocalSGD
+from train.sync.slowmo import DiLoCo, SlowMo
+from utilities.distributed import CommMeter
+
+SYNC_TYPES = {
+    "MBSGD": MBSGD,
+    "PLSGD": PLSGD,
+    "PostLocalSGD": PostLocalSGD,
+    "SlowMo": SlowMo,
+    "DiLoCo": DiLoCo,
+    "AdaptiveJ": AdaptiveJ,
+}
+
+
+def build_sync(training_type: str, config, meter: CommMeter, shape: RunShape) -> Sync:
+    if training_type not in SYNC_TYPES:
+        raise ValueError(f"training type {training_type!r} is not available yet; choose one of: {', '.join(SYNC_TYPES)}")
+    return SYNC_TYPES[training_type].from_config(config, meter, shape)

@@ -1,0 +1,175 @@
+"""Train a network on many ranks while talking as little as possible.
+
+    python main.py --training-type MBSGD --dataset synthetic --model lenet5w          # one process
+    torchrun --nproc_per_node=2 main.py --training-type PLSGD --local-steps 8 ...    # 2 ranks, one node
+    srun python main.py ...            # SLURM: one rank per task
+    mpiexec -n 2 python main.py ...    # MPI (mpi4py)
+
+Reads top to bottom: config -> distributed start -> data, model, optimizer -> train -> outputs.
+Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+
+import torch
+
+from dataloaders import DataError, build_data
+from models import apply_ghost_batch_norm, build_model
+from train.loop import LoopSettings, Trainer, TrainingDiverged
+from train.optimizers import build_optimizer
+from train.schedules import Schedule, default_warmup_start, scaled_lr
+from train.sync import RunShape, build_sync
+from utilities import distributed
+from utilities.checkpoint import CheckpointError, load_checkpoint, newest_valid_checkpoint
+from utilities.config import Config, ConfigError, parse_config
+from utilities.run_files import RunFiles, code_version, holds_a_run
+
+
+def set_threads(launch: distributed.LaunchInfo) -> None:
+    """Share the cores among the ranks of this node instead of each rank taking all of them."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0]
+                     or 0) or launch.world_size
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def check_output_dir(config: Config, directory: str) -> None:
+    """Refuse to mix two runs in one folder; runs before any rank writes anything."""
+    if holds_a_run(directory) and not config.resume and not config.overwrite:
+        raise ConfigError(f"{directory} holds another run; pass --resume auto to continue it, --overwrite to "
+                          f"replace it, or choose another --output-dir")
+
+
+def build_schedule(config: Config, optimizer, steps_per_epoch: int, total_steps: int, world_size: int):
+    global_batch = config.batch_size * world_size
+    peak_lr = scaled_lr(config.lr, global_batch, config.reference_batch, config.lr_scaling)
+    warmup_start = config.warmup_start_lr
+    if warmup_start is None:
+        warmup_start = default_warmup_start(config.lr, peak_lr)
+    schedule = Schedule(peak_lr=peak_lr, total_steps=total_steps,
+                        warmup_steps=round(config.warmup_epochs * steps_per_epoch), warmup_start_lr=warmup_start,
+                        kind=config.lr_schedule, milestone_steps=tuple(m * steps_per_epoch for m in config.milestones),
+                        gamma=config.gamma)
+    return schedule.scheduler(optimizer), peak_lr
+
+
+def resume_state(config: Config, checkpoints: str, device) -> dict | None:
+    if not config.resume:
+        return None
+    if config.resume == "auto":
+        found = newest_valid_checkpoint(checkpoints, device)
+        return found[1] if found else None
+    return load_checkpoint(config.resume, device)
+
+
+def train(config: Config) -> None:
+    launch = distributed.detect_launch()
+    device = distributed.pick_device(config.device, launch.local_rank)
+    backend = distributed.pick_backend(config.backend, device)
+    output_dir = config.resolved_output_dir()
+    check_output_dir(config, output_dir)
+    set_threads(launch)
+    distributed.init_distributed(launch, backend, config.timeout, config.dist_url)
+    is_main = launch.rank == 0
+    if is_main and config.overwrite:
+        for name in ("metrics.jsonl", "summary.json", "checkpoints", "model.pt", "tensorboard"):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+    seed_everything(config.seed, config.deterministic)
+
+    data = build_data(config.dataset, config.data_dir, config.download, config.synthetic_size, config.test_ratio,
+                      config.val_ratio, config.batch_size, config.eval_batch_size, config.augment, config.seed,
+                      launch.rank, launch.world_size, device)
+    if config.num_classes is not None and config.num_classes != data.num_classes:
+        raise ConfigError(f"--num-classes {config.num_classes} does not match {config.dataset}, which has "
+                          f"{data.num_classes} classes")
+    steps_per_epoch = data.train.steps_per_epoch
+    epochs, max_steps = config.epochs, config.max_steps
+    if config.total_steps:  # fixed iteration budget, as the LocalSGD studies compare K and J
+        epochs, max_steps = math.ceil(config.total_steps / steps_per_epoch), config.total_steps
+    total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
+    micro_batches = max(config.accumulation_steps, math.ceil(config.batch_size / config.max_micro_batch))
+
+    model = build_model(config.model, data.channels, data.image_size, data.num_classes).to(device)
+    if config.ghost_batch_size:
+        apply_ghost_batch_norm(model, config.ghost_batch_size)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay,
+                                trust_coefficient=config.trust_coefficient,
+                                exclude_bias_and_norm=config.lars_exclude_bias_norm)
+    scheduler, peak_lr = build_schedule(config, optimizer, steps_per_epoch, total_steps, launch.world_size)
+    meter = distributed.CommMeter()
+    sync = build_sync(config.training_type, config, meter, RunShape(micro_batches, steps_per_epoch, epochs))
+
+    files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
+    settings = LoopSettings(epochs=epochs, max_steps=max_steps, micro_batches=micro_batches,
+                            eval_every=config.eval_every, log_every=config.log_every)
+    trainer = Trainer(model, optimizer, scheduler, sync, data, files, settings, meter, device, is_main)
+    trainer.identity = {"training_type": config.training_type, "model": config.model, "dataset": config.dataset}
+    state = resume_state(config, files.checkpoints, device)
+    if state is not None:
+        if state.get("identity") != trainer.identity:
+            raise CheckpointError(f"checkpoint is of another run ({state.get('identity')}); it cannot resume "
+                                  f"{trainer.identity}")
+        trainer.load_checkpoint_state(state)
+        files.keep_metrics_up_to(trainer.progress.epoch)
+    files.write_config(config.to_dict(), {"run": {
+        "code_version": code_version(), "torch_version": str(torch.__version__), "launcher": launch.launcher,
+        "world_size": launch.world_size, "backend": backend if launch.world_size > 1 else "none",
+        "device": str(device), "global_batch": config.batch_size * launch.world_size, "peak_lr": peak_lr,
+        "steps_per_epoch": steps_per_epoch, "micro_batches": micro_batches, "train_size": data.train_size}})
+    if is_main:
+        print(f"{config.training_type} on {launch.world_size} rank(s) via {launch.launcher} ({backend}, {device}): "
+              f"{config.model} on {config.dataset}, {epochs} epochs x {steps_per_epoch} steps, "
+              f"global batch {config.batch_size * launch.world_size}, peak lr {peak_lr:.4g}", file=sys.stderr)
+
+    summary = trainer.run()
+    summary["training_type"] = config.training_type
+    files.write_summary(summary)
+    files.save_model(model.state_dict())
+    files.close()
+    if is_main:
+        print(f"done: test accuracy {summary['final_test_accuracy']:.4f}, {summary['comm_rounds']} rounds, "
+              f"{summary['comm_bytes'] / 1e6:.1f} MB sent per rank; outputs in {output_dir}", file=sys.stderr)
+    if distributed.is_distributed():
+        torch.distributed.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    try:
+        config = parse_config(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        train(config)
+    except (ConfigError, DataError, CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"error: training diverged: {error}", file=sys.stderr)
+        return 3
+    except RuntimeError as error:
+        if "nccl" in str(error).lower() or "gpu" in str(error).lower():
+            print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

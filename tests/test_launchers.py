@@ -1,0 +1,157 @@
+"""End-to-end launches of main.py through the real launchers (DESIGN.md, style note 12).
+
+Each test starts two ranks of a one-epoch MBSGD run on small synthetic data through one
+launcher, using the sample script a user would run, and reads the run's summary.json:
+two ranks must have taken part and ended with identical parameters. The launchers are
+the real ones (mpiexec, two torchrun agents, sbatch on the CI SLURM cluster built by
+.ci/setup_slurm.sh), so these tests catch what unit tests with spawn cannot: launcher
+detection, master address and port discovery, and the scripts themselves.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO_ROOT / "samplescripts"
+TIMEOUT_S = 300  # per launch; a hung rendezvous must fail the test, not the CI job
+SMALL_RUN_ARGS = [
+    "--dataset", "synthetic", "--model", "mlp", "--epochs", "1",
+    "--batch-size", "32", "--synthetic-size", "2048", "--device", "cpu", "--backend", "gloo",
+]
+# Launcher variables of an enclosing job (pytest started under srun, torchrun or mpiexec)
+# would make main.py join that job instead of the one under test.
+INHERITED_LAUNCHER_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "TORCHELASTIC_")
+INHERITED_LAUNCHER_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                            "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_env(output_dir, **extra):
+    """The environment for one launch: the scripts run this interpreter, one thread per rank."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(INHERITED_LAUNCHER_PREFIXES) and name not in INHERITED_LAUNCHER_NAMES}
+    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", TRAINING_TYPE="MBSGD",
+               OUTPUT_DIR=str(output_dir), **extra)
+    return env
+
+
+def tail(text, lines=60):
+    return "\n".join((text or "").splitlines()[-lines:])
+
+
+def run_launch(command, env, cwd=REPO_ROOT):
+    """Run one launcher command; fail with the tail of its output if it times out or fails."""
+    try:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"{' '.join(command)} did not finish in {TIMEOUT_S}s\n"
+                    f"--- stdout ---\n{tail(expired.stdout)}\n--- stderr ---\n{tail(expired.stderr)}")
+    log = f"--- stdout ---\n{tail(result.stdout)}\n--- stderr ---\n{tail(result.stderr)}"
+    assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}\n{log}"
+    return log
+
+
+def assert_two_identical_replicas(output_dir, log):
+    summary_path = Path(output_dir) / "summary.json"
+    assert summary_path.is_file(), f"the run wrote no {summary_path}\n{log}"
+    summary = json.loads(summary_path.read_text())
+    assert summary["world_size"] == 2, f"expected 2 ranks: {summary}\n{log}"
+    assert summary["training_type"] == "MBSGD", summary
+    assert summary["replicas_identical"] is True, f"ranks ended with different parameters: {summary}"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def find_mpiexec():
+    """The mpiexec next to this interpreter (the venv's MPICH) first, so it matches mpi4py."""
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    return str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
+
+
+def test_mpiexec_two_ranks(tmp_path):
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found next to the interpreter or on PATH")
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpi4py is not installed; main.py needs it to read its rank under mpiexec")
+    output_dir = tmp_path / "run"
+    env = launch_env(output_dir, MPIEXEC=mpiexec, NPROC="2")
+    log = run_launch([str(SCRIPTS / "singlenoderun.sh"), *SMALL_RUN_ARGS], env)
+    assert_two_identical_replicas(output_dir, log)
+
+
+def test_torchrun_two_agents(tmp_path):
+    """Two torchrun agents meeting at one c10d endpoint, as on two nodes."""
+    output_dir = tmp_path / "run"
+    env = launch_env(output_dir, NNODES="2", NPROC_PER_NODE="1",
+                     RDZV_ENDPOINT=f"127.0.0.1:{free_port()}", RDZV_ID=uuid.uuid4().hex[:12])
+    command = [str(SCRIPTS / "torchrun_multi_node.sh"), *SMALL_RUN_ARGS]
+    # Each agent in its own session so a hung one can be killed with all its workers.
+    agents = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+              for _ in range(2)]
+    outputs = []
+    try:
+        for agent in agents:
+            outputs.append(agent.communicate(timeout=TIMEOUT_S)[0])
+    except subprocess.TimeoutExpired:
+        for agent in agents:
+            os.killpg(agent.pid, signal.SIGKILL)
+        outputs = [agent.communicate()[0] for agent in agents]
+        pytest.fail(f"torchrun agents did not finish in {TIMEOUT_S}s\n"
+                    + "\n".join(f"--- agent {i} ---\n{tail(out)}" for i, out in enumerate(outputs)))
+    log = "\n".join(f"--- agent {i} (exit {agent.returncode}) ---\n{tail(out)}"
+                    for i, (agent, out) in enumerate(zip(agents, outputs)))
+    assert all(agent.returncode == 0 for agent in agents), log
+    assert_two_identical_replicas(output_dir, log)
+
+
+def slurm_unavailable_reason():
+    if shutil.which("sbatch") is None:
+        return "sbatch not on PATH (run .ci/setup_slurm.sh as root to build a one-node cluster)"
+    try:
+        probe = subprocess.run(["sinfo", "--noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"sinfo did not answer: {error}"
+    if probe.returncode != 0:
+        return f"sinfo failed: {probe.stderr.strip()}"
+    return None
+
+
+def test_sbatch_two_tasks(tmp_path):
+    """sbatch --wait of samplescripts/ci_slurm_gloo.sh: two srun tasks rendezvous over Gloo."""
+    reason = slurm_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("REQUIRE_SLURM") == "1":
+            pytest.fail(f"REQUIRE_SLURM=1 but SLURM is unusable: {reason}")
+        pytest.skip(reason)
+    output_dir = tmp_path / "run"
+    job_log = tmp_path / "slurm-job.out"
+    job_name = f"test-launchers-{uuid.uuid4().hex[:8]}"
+    command = ["sbatch", "--wait", f"--job-name={job_name}", f"--output={job_log}",
+               str(SCRIPTS / "ci_slurm_gloo.sh"), "--batch-size", "32", "--synthetic-size", "2048"]
+    try:
+        result = subprocess.run(command, cwd=REPO_ROOT, env=launch_env(output_dir),
+                                capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", f"--name={job_name}"], timeout=30, check=False)
+        job_output = job_log.read_text() if job_log.exists() else "(no job output)"
+        pytest.fail(f"sbatch --wait did not return in {TIMEOUT_S}s; job cancelled\n{tail(job_output)}")
+    job_output = job_log.read_text() if job_log.exists() else "(no job output)"
+    log = f"--- sbatch ---\n{result.stdout}{result.stderr}\n--- job output ---\n{tail(job_output)}"
+    assert result.returncode == 0, f"sbatch --wait exited {result.returncode}\n{log}"
+    assert_two_identical_replicas(output_dir, log)

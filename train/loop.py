@@ -1,0 +1,227 @@
+"""The one training loop: epochs, steps, evaluation, metrics and checkpoints.
+
+It calls the sync object's hooks around ``optimizer.step()`` and never asks which
+training type it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dataloaders import Data, EvalBatches
+from train.sync.base import Sync
+from utilities.checkpoint import save_checkpoint
+from utilities.distributed import CommMeter, all_reduce_sum, replicas_identical, world_size
+from utilities.run_files import RunFiles
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    max_steps: int = 0  # 0 = no limit
+    micro_batches: int = 1
+    eval_every: int = 1
+    log_every: int = 50
+    keep_checkpoints: int = 0  # 0 = keep all
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # optimizer steps taken
+    wall_seconds: float = 0.0
+    train_seconds: float = 0.0
+    best_val_accuracy: float = 0.0
+
+
+def evaluate(model: torch.nn.Module, batches: EvalBatches, device: torch.device) -> tuple:
+    """(mean loss, accuracy) over the whole split; each rank covers its slice, sums are reduced."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.no_grad():
+        for inputs, targets in batches:
+            logits = model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == targets).sum()
+    model.train(was_training)
+    total_loss, total_correct = all_reduce_sum([loss_sum.item(), correct.item()], device)
+    return total_loss / batches.total, total_correct / batches.total
+
+
+class Trainer:
+    def __init__(self, model, optimizer, scheduler, sync: Sync, data: Data, files: RunFiles,
+                 settings: LoopSettings, meter: CommMeter, device: torch.device, is_main: bool):
+        self.model, self.optimizer, self.scheduler, self.sync = model, optimizer, scheduler, sync
+        self.data, self.files, self.settings, self.meter = data, files, settings, meter
+        self.device, self.is_main = device, is_main
+        self.progress = Progress()
+        self.train_model = sync.prepare(model, optimizer)
+        self.identity = {}  # set by main: what a checkpoint must match to be resumed
+
+    # ----- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        return {
+            "identity": self.identity,
+            "progress": vars(self.progress).copy(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sync": self.sync.state_dict(),
+            "meter": self.meter.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sync.load_state_dict(state["sync"])
+        self.meter.load_state_dict(state["meter"])
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+    # ----- training ------------------------------------------------------------------------------
+    def finished_steps(self) -> bool:
+        return 0 < self.settings.max_steps <= self.progress.step
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple:
+        """One optimizer step, accumulating gradients over the micro-batches; returns (loss sum, correct)."""
+        micro_inputs = inputs.tensor_split(self.settings.micro_batches)
+        micro_targets = targets.tensor_split(self.settings.micro_batches)
+        loss_sum, correct = 0.0, 0
+        for index, (x, y) in enumerate(zip(micro_inputs, micro_targets)):
+            last = index == len(micro_inputs) - 1
+            with self.sync.no_sync() if not last else contextlib.nullcontext():
+                logits = self.train_model(x)
+                loss = F.cross_entropy(logits, y)
+                # Weighted by size, so the accumulated gradient is that of the whole batch's mean loss.
+                (loss * (len(y) / len(targets))).backward()
+            loss_sum = loss_sum + loss.detach() * len(y)
+            correct = correct + (logits.detach().argmax(dim=1) == y).sum()
+        if not torch.isfinite(loss_sum):
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(f"loss is {loss_sum.item() / len(targets)} at step {self.progress.step} "
+                                   f"(lr {lr:.4g}); lower --lr or add --warmup-epochs")
+        self.sync.before_step(self.progress.step)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.sync.after_step(self.progress.step)
+        self.progress.step += 1
+        return loss_sum, correct
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.train_model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        images = 0
+        steps = self.data.train.steps_per_epoch
+        started = time.perf_counter()
+        for index, (inputs, targets) in enumerate(self.data.train.epoch(epoch)):
+            step_loss, step_correct = self.train_step(inputs, targets)
+            loss_sum += step_loss
+            correct += step_correct
+            images += len(targets)
+            if self.is_main and (index + 1) % self.settings.log_every == 0:
+                rate = images * world_size() / (time.perf_counter() - started)
+                print(f"epoch {epoch + 1}/{self.settings.epochs} step {index + 1}/{steps} "
+                      f"loss {step_loss.item() / len(targets):.4f} lr {self.optimizer.param_groups[0]['lr']:.4g} "
+                      f"{rate:.0f} img/s", file=sys.stderr, flush=True)
+            if self.finished_steps():
+                break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        total_loss, total_correct, total_images = all_reduce_sum([loss_sum.item(), correct.item(), images], self.device)
+        return {"train_loss": total_loss / max(total_images, 1), "train_accuracy": total_correct / max(total_images, 1),
+                "images_per_second": total_images / seconds, "train_seconds": seconds}
+
+    def evaluate_epoch(self, epoch: int, final: bool) -> dict:
+        if not (final or (epoch + 1) % self.settings.eval_every == 0):
+            return {"val_loss": None, "val_accuracy": None, "test_loss": None, "test_accuracy": None}
+        with self.sync.eval_model() as model:
+            val_loss, val_accuracy = evaluate(model, self.data.val, self.device)
+            test_loss, test_accuracy = evaluate(model, self.data.test, self.device)
+        return {"val_loss": val_loss, "val_accuracy": val_accuracy, "test_loss": test_loss,
+                "test_accuracy": test_accuracy}
+
+    def run(self) -> dict:
+        """Train from ``self.progress`` to the end; returns the summary."""
+        comm_before = self.meter.snapshot()
+        for epoch in range(self.progress.epoch, self.settings.epochs):
+            epoch_started = time.perf_counter()
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update(self.train_epoch(epoch))
+            final = epoch + 1 == self.settings.epochs or self.finished_steps()
+            row.update(self.evaluate_epoch(epoch, final))
+            row.update(self.sync.after_epoch(epoch, row))
+            self.progress.epoch = epoch + 1
+            self.progress.wall_seconds += time.perf_counter() - epoch_started
+            self.progress.train_seconds += row["train_seconds"]
+            if row["val_accuracy"] is not None:
+                self.progress.best_val_accuracy = max(self.progress.best_val_accuracy, row["val_accuracy"])
+            comm = self.meter.snapshot()
+            row.update(step=self.progress.step, wall_seconds=self.progress.wall_seconds, **comm,
+                       epoch_comm_seconds=comm["comm_seconds"] - comm_before["comm_seconds"],
+                       compute_seconds=row["train_seconds"] - (comm["comm_seconds"] - comm_before["comm_seconds"]))
+            comm_before = comm
+            self.log_epoch(row)
+            if self.is_main:
+                save_checkpoint(self.checkpoint_state(), self.files.checkpoints, epoch + 1,
+                                self.settings.keep_checkpoints)
+            if self.finished_steps():
+                break
+        return self.finish()
+
+    def log_epoch(self, row: dict) -> None:
+        self.files.append_metrics(row)
+        if self.is_main:
+            shown = {k: row[k] for k in ("train_loss", "val_accuracy", "test_accuracy") if row.get(k) is not None}
+            text = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+            print(f"epoch {row['epoch']}/{self.settings.epochs} step {row['step']} {text} "
+                  f"{row['images_per_second']:.0f} img/s rounds {row['comm_rounds']}", file=sys.stderr, flush=True)
+
+    def finish(self) -> dict:
+        rounds_before = self.meter.rounds
+        self.sync.finish()
+        with self.sync.eval_model() as model:
+            test_loss, test_accuracy = evaluate(model, self.data.test, self.device)
+            if self.meter.rounds != rounds_before:  # the final sync changed the model: re-check validation
+                _, val_accuracy = evaluate(model, self.data.val, self.device)
+                self.progress.best_val_accuracy = max(self.progress.best_val_accuracy, val_accuracy)
+        steps = self.progress.step
+        comm = self.meter.snapshot()
+        images = steps * self.data.train.batch_size * world_size()
+        return {
+            "final_test_accuracy": test_accuracy,
+            "final_test_loss": test_loss,
+            "best_val_accuracy": self.progress.best_val_accuracy,
+            "steps": steps,
+            "epochs": self.progress.epoch,
+            **comm,
+            # Synchronous SGD agrees once per step: the fraction of those rounds this run saved.
+            "comm_reduction": 1 - comm["comm_rounds"] / steps if steps and world_size() > 1 else 0.0,
+            "wall_seconds": self.progress.wall_seconds,
+            "train_seconds": self.progress.train_seconds,
+            "images_per_second": images / self.progress.train_seconds if self.progress.train_seconds else math.nan,
+            "world_size": world_size(),
+            "replicas_identical": replicas_identical(self.model),
+        }

@@ -1,0 +1,63 @@
+"""The interface every training type implements; the loop calls these hooks and nothing else.
+
+The loop never asks which training type it runs: MBSGD, local SGD, SlowMo and the
+others differ only in when and how the ranks agree, which lives behind these hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from utilities.distributed import CommMeter
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """The few facts about the run a sync object may need besides its own settings."""
+
+    micro_batches: int = 1  # backward passes per optimizer step
+    steps_per_epoch: int = 1
+    epochs: int = 1
+
+
+class Sync:
+    """No communication: the behaviour of one process, and the base of every training type."""
+
+    def __init__(self, meter: CommMeter):
+        self.meter = meter
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.nn.Module:
+        """Wrap or snapshot what this method needs; return the module the loop trains."""
+        self.model, self.optimizer = model, optimizer
+        return model
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Context for a backward pass that is not the last of an accumulated step."""
+        return contextlib.nullcontext()
+
+    def before_step(self, step: int) -> None:
+        """After the gradients of optimizer step ``step`` (0-based) exist, before the update."""
+
+    def after_step(self, step: int) -> None:
+        """After optimizer step ``step`` (0-based): communicate when it is time."""
+
+    def after_epoch(self, epoch: int, metrics: dict) -> dict:
+        """React to an epoch's reduced metrics; return extra figures to log (e.g. the current J)."""
+        return {}
+
+    @contextlib.contextmanager
+    def eval_model(self):
+        """The model every rank evaluates; identical on all ranks."""
+        yield self.model
+
+    def finish(self) -> None:
+        """Final agreement, so every rank ends with the same model."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

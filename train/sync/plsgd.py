@@ -1,0 +1,150 @@
+"""Local SGD (PLSGD) and post-local SGD.
+
+PLSGD: every rank takes J optimizer steps on its own shard, then the parameters (and
+BatchNorm statistics) are averaged with one all-reduce over a flat buffer (Stich 2019;
+Lin et al. 2020). Averaging happens in ``after_step``, after the optimizer has stepped,
+never inside ``optimizer.step``: every rank makes the same steps, so the same collectives.
+
+PostLocalSGD (Lin et al. 2020, "Don't use large mini-batches, use local SGD", sec. 3):
+mini-batch SGD (gradients averaged every step) until the switch point, local SGD after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.distributed as dist
+
+from train.sync.base import RunShape, Sync
+from utilities.distributed import CommMeter, all_reduce_mean, is_distributed
+from utilities.flat_buffer import FlatBuffer, floating_state
+
+MOMENTUM_SYNC = ("local", "reset", "average")
+_MOMENTUM_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
+
+
+def broadcast_from_rank0(module: torch.nn.Module) -> None:
+    """Start every rank from rank 0's model (setup, not counted as training traffic)."""
+    if is_distributed():
+        buffer = FlatBuffer(floating_state(module, include_buffers=True))
+        dist.broadcast(buffer.gather(), src=0)
+        buffer.scatter()
+
+
+class PLSGD(Sync):
+    def __init__(self, meter: CommMeter, local_steps: int, average_buffers: bool = True,
+                 momentum_sync: str = "local"):
+        super().__init__(meter)
+        if local_steps < 1:
+            raise ValueError(f"local_steps must be at least 1, got {local_steps}")
+        if momentum_sync not in MOMENTUM_SYNC:
+            raise ValueError(f"momentum_sync must be one of {MOMENTUM_SYNC}, got {momentum_sync!r}")
+        self.local_steps = local_steps
+        self.average_buffers = average_buffers
+        self.momentum_sync = momentum_sync
+        self.steps_since_sync = 0
+
+    @classmethod
+    def from_config(cls, config, meter: CommMeter, shape: RunShape):
+        return cls(meter, config.local_steps, config.average_buffers, config.momentum_sync)
+
+    def prepare(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        broadcast_from_rank0(model)
+        self.state = FlatBuffer(floating_state(model, self.average_buffers))
+        return model
+
+    def after_step(self, step: int) -> None:
+        self.steps_since_sync += 1
+        if self.steps_since_sync >= self.current_local_steps(step):
+            self.synchronize()
+
+    def current_local_steps(self, step: int) -> int:
+        return self.local_steps
+
+    def synchronize(self) -> None:
+        """One averaging round: parameters (+ buffers) in one all-reduce, then the momentum rule."""
+        self.steps_since_sync = 0
+        if not is_distributed():
+            return
+        self.meter.count_round()
+        self.average_state()
+        self.apply_momentum_rule()
+
+    def average_state(self) -> None:
+        self.state.average(self.meter)
+
+    def apply_momentum_rule(self) -> None:
+        if self.momentum_sync == "local":
+            return  # each rank keeps its own momentum (Lin et al. 2020 do the same)
+        buffers = [state[key] for state in self.optimizer.state.values() for key in _MOMENTUM_KEYS
+                   if isinstance(state.get(key), torch.Tensor)]
+        if self.momentum_sync == "reset":
+            for buffer in buffers:
+                buffer.zero_()
+        elif buffers:
+            FlatBuffer(buffers).average(self.meter)
+
+    @contextlib.contextmanager
+    def eval_model(self):
+        """Between syncs the replicas differ: evaluate their average, on a copy, so training is unchanged."""
+        if self.steps_since_sync == 0 or not is_distributed():
+            yield self.model
+            return
+        averaged = copy.deepcopy(self.model)
+        FlatBuffer(floating_state(averaged, include_buffers=True)).average()  # evaluation, not training traffic
+        yield averaged
+
+    def finish(self) -> None:
+        if self.steps_since_sync:
+            self.synchronize()
+
+    def state_dict(self) -> dict:
+        return {"steps_since_sync": self.steps_since_sync, "local_steps": self.local_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps_since_sync, self.local_steps = state["steps_since_sync"], state["local_steps"]
+
+
+class PostLocalSGD(PLSGD):
+    def __init__(self, meter: CommMeter, local_steps: int, switch_step: int, average_buffers: bool = True,
+                 momentum_sync: str = "local"):
+        super().__init__(meter, local_steps, average_buffers, momentum_sync)
+        if switch_step < 0:
+            raise ValueError(f"switch_step must not be negative, got {switch_step}")
+        self.switch_step = switch_step
+
+    @classmethod
+    def from_config(cls, config, meter: CommMeter, shape: RunShape):
+        if config.switch_epoch >= 0:
+            switch_step = config.switch_epoch * shape.steps_per_epoch
+        elif config.switch_step >= 0:
+            switch_step = config.switch_step
+        else:
+            raise ValueError("PostLocalSGD needs --switch-epoch or --switch-step")
+        return cls(meter, config.local_steps, switch_step, config.average_buffers, config.momentum_sync)
+
+    def before_step(self, step: int) -> None:
+        if step >= self.switch_step or not is_distributed():
+            return
+        # Phase 1 is mini-batch SGD: average the gradients, one all-reduce per step.
+        # Built each step: the optimizer may replace the .grad tensors (zero_grad(set_to_none=True)).
+        gradients = FlatBuffer([p.grad for p in self.model.parameters() if p.grad is not None])
+        self.meter.count_round()
+        all_reduce_mean(gradients.gather(), self.meter)
+        gradients.scatter()
+
+    def after_step(self, step: int) -> None:
+        if step < self.switch_step:
+            # Gradients were averaged, so parameters agree; BatchNorm statistics still need it.
+            if self.average_buffers and is_distributed() and any(True for _ in self.model.buffers()):
+                self.average_buffers_only()
+            return
+        super().after_step(step)
+
+    def average_buffers_only(self) -> None:
+        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        if buffers:
+            FlatBuffer(buffers).average(self.meter)

@@ -1,0 +1,95 @@
+"""Checkpoints written atomically (temporary file, fsync, rename) with a checksum.
+
+A reader never sees half a file: either the old checkpoint or the new one exists under
+the final name. The SHA-256 of the payload is stored beside it so a truncated or
+corrupted file is detected and skipped instead of resumed from.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import os
+import re
+import warnings
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message says which and why."""
+
+
+def atomic_write_bytes(path: str, payload: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp.{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def checkpoint_path(directory: str, epoch: int) -> str:
+    return os.path.join(directory, f"epoch-{epoch:05d}.pt")
+
+
+def save_checkpoint(state: dict, directory: str, epoch: int, keep: int = 0) -> str:
+    """Write ``state`` as the checkpoint of ``epoch``; keep the newest ``keep`` (0 = all)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    path = checkpoint_path(directory, epoch)
+    atomic_write_bytes(path, payload)
+    atomic_write_bytes(path + ".sha256", hashlib.sha256(payload).hexdigest().encode())
+    if keep > 0:
+        for old in list_checkpoints(directory)[:-keep]:
+            for name in (old, old + ".sha256"):
+                if os.path.exists(name):
+                    os.remove(name)
+    return path
+
+
+def list_checkpoints(directory: str) -> list:
+    """Checkpoint files of a run, oldest first."""
+    paths = glob.glob(os.path.join(directory, "epoch-*.pt"))
+    return sorted(p for p in paths if re.fullmatch(r"epoch-\d+\.pt", os.path.basename(p)))
+
+
+def load_checkpoint(path: str, device="cpu") -> dict:
+    """Load and verify one checkpoint, or raise CheckpointError naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            payload = handle.read()
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}")
+    digest_file = path + ".sha256"
+    if os.path.exists(digest_file):
+        with open(digest_file) as handle:
+            expected = handle.read().strip()
+        if hashlib.sha256(payload).hexdigest() != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
+    except Exception as error:  # any unpickling failure means the file is unusable
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {type(error).__name__}")
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer")
+    return state
+
+
+def newest_valid_checkpoint(directory: str, device="cpu"):
+    """(path, state) of the newest checkpoint that verifies, skipping corrupt ones with a warning; None if none."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path, device)
+        except CheckpointError as error:
+            warnings.warn(f"{error}; trying an older one")
+    return None

@@ -1,0 +1,270 @@
+"""The run configuration: one typed dataclass, settable from YAML and the command line.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
+Every problem with the input raises ``ConfigError`` carrying one line that says what
+is wrong and how to fix it; ``main.py`` prints that line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from utilities import config_aliases
+
+TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD")
+DATASETS = ("cifar10", "cifar100", "mnist", "synthetic", "npy")
+MODELS = ("lenet5", "lenet5w", "resnet20", "resnet18", "vgg11", "mlp")
+OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message is one line meant for the user."""
+
+
+def _field(default: Any, help: str, choices: Optional[tuple] = None, **kwargs) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta, **kwargs)
+    return field(default=default, metadata=meta, **kwargs)
+
+
+@dataclass
+class Config:
+    # What to train.
+    training_type: str = _field("MBSGD", "how the ranks agree", TRAINING_TYPES)
+    dataset: str = _field("cifar10", "data set", DATASETS)
+    data_dir: str = _field("./data", "where data sets are read from and downloaded to")
+    download: bool = _field(True, "download a missing torchvision data set (checksummed)")
+    synthetic_size: int = _field(10000, "training images in the synthetic data set (test set is a fifth of it)")
+    test_ratio: float = _field(0.1, "fraction held out as test set for npy data without test_*.npy files")
+    val_ratio: float = _field(0.1, "fraction of the training split held out for validation (seeded, same on every rank)")
+    augment: bool = _field(True, "random crop (pad 4) and horizontal flip on training batches (flip off for MNIST)")
+    num_classes: Optional[int] = _field(None, "expected class count; checked against the data set")
+    model: str = _field("lenet5w", "network", MODELS)
+    ghost_batch_size: int = _field(0, "BatchNorm normalises over virtual batches of this size (0 = off)")
+
+    # How long.
+    epochs: int = _field(10, "passes over the training split")
+    max_steps: int = _field(0, "stop after this many optimizer steps (0 = no limit)")
+    total_steps: int = _field(0, "fix the total optimizer steps per rank; epochs follow from it (0 = use --epochs)")
+
+    # Batches.
+    batch_size: int = _field(128, "training images per rank per optimizer step")
+    eval_batch_size: int = _field(1000, "images per rank per evaluation batch")
+    accumulation_steps: int = _field(1, "micro-batches accumulated per optimizer step")
+    max_micro_batch: int = _field(4096, "accumulate automatically when a rank's batch exceeds this many images")
+
+    # Optimizer.
+    optimizer: str = _field("sgd", "optimizer (inner optimizer for local methods)", OPTIMIZERS)
+    lr: float = _field(0.05, "base learning rate (before the scaling rule)")
+    momentum: float = _field(0.9, "SGD/LARS momentum")
+    nesterov: bool = _field(False, "Nesterov momentum for SGD")
+    weight_decay: float = _field(5e-4, "L2 weight decay (decoupled for AdamW)")
+    trust_coefficient: float = _field(0.001, "LARS trust coefficient eta")
+    lars_exclude_bias_norm: bool = _field(True, "LARS/LAMB: no trust ratio or weight decay for tensors with ndim <= 1")
+
+    # Learning-rate schedule.
+    lr_schedule: str = _field("cosine", "LR schedule after warmup", ("constant", "cosine", "multistep"))
+    milestones: list = _field([], "multistep: epochs at which the LR is multiplied by --gamma")
+    gamma: float = _field(0.1, "multistep decay factor")
+    warmup_epochs: float = _field(0.0, "linear warmup length in epochs")
+    warmup_start_lr: Optional[float] = _field(None, "LR at the start of warmup (default: the unscaled --lr when a scaling rule is on, else lr/10)")
+    lr_scaling: str = _field("none", "scale lr by global batch / --reference-batch", ("none", "linear", "sqrt"))
+    reference_batch: int = _field(256, "global batch at which --lr is the right LR")
+
+    # Local methods.
+    local_steps: int = _field(16, "J: local optimizer steps between averaging rounds")
+    average_buffers: bool = _field(True, "also average BatchNorm running statistics at a sync")
+    momentum_sync: str = _field("local", "optimizer momentum at a sync: keep, zero, or average it", ("local", "reset", "average"))
+    switch_epoch: int = _field(-1, "PostLocalSGD: epoch at which local SGD starts (-1 = use --switch-step)")
+    switch_step: int = _field(-1, "PostLocalSGD: step at which local SGD starts")
+    slow_momentum: float = _field(0.5, "SlowMo beta")
+    slow_lr: float = _field(1.0, "SlowMo alpha")
+    outer_lr: float = _field(0.7, "DiLoCo outer Nesterov learning rate")
+    outer_momentum: float = _field(0.9, "DiLoCo outer Nesterov momentum")
+    adaptive_rule: str = _field("threshold", "AdaptiveJ rule", ("threshold", "trend"))
+    adaptive_thresholds: list = _field([0.02, 0.005, 0.001], "AdaptiveJ: relative val-loss change thresholds early, middle, late")
+    min_local_steps: int = _field(4, "AdaptiveJ lower bound on J")
+    max_local_steps: int = _field(64, "AdaptiveJ upper bound on J")
+    workers_per_node: int = _field(1, "LPPSGD/LAPSGD: shared-memory workers per rank")
+    prepass_epochs: int = _field(0, "LPPSGD: epochs of full updates before partitioned steps")
+
+    # Reproducibility and where things go.
+    seed: int = _field(0, "seed for the model, splits, shards and augmentation")
+    deterministic: bool = _field(False, "deterministic kernels (slower)")
+    output_dir: str = _field("", "run folder (default runs/<training-type>-<dataset>-<model>)")
+    resume: str = _field("", "continue a run: 'auto' (newest checkpoint) or a checkpoint path")
+    overwrite: bool = _field(False, "replace a finished run in --output-dir")
+    eval_every: int = _field(1, "evaluate every this many epochs")
+    log_every: int = _field(50, "progress line every this many steps (rank 0)")
+    tensorboard: bool = _field(False, "also write TensorBoard events under <output-dir>/tensorboard")
+
+    # Distributed.
+    device: str = _field("auto", "compute device", ("auto", "cpu", "cuda"))
+    backend: str = _field("auto", "collective backend (auto: NCCL when every rank has a GPU, else Gloo)", ("auto", "gloo", "nccl"))
+    dist_url: str = _field("", "init method such as tcp://host:port (default: from the launcher)")
+    timeout: float = _field(300.0, "seconds a collective may wait before the run fails")
+
+    def resolved_output_dir(self) -> str:
+        return self.output_dir or f"runs/{self.training_type}-{self.dataset}-{self.model}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _scalar_type(f: dataclasses.Field):
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if f.name in ("num_classes",):
+        return int
+    if f.name in ("warmup_start_lr",):
+        return float
+    return type(default)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
+    f = FIELDS[name]
+    if isinstance(f.default, list) or f.default_factory is not dataclasses.MISSING:
+        item_type = float if name == "adaptive_thresholds" else int
+        items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+        try:
+            return [item_type(v) for v in items]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{_flag(name)}: expected a list of {item_type.__name__}s, got {value!r}")
+    if value is None:
+        if f.default is None:
+            return None
+        raise ConfigError(f"{_flag(name)}: a value is required")
+    kind = _scalar_type(f)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{_flag(name)}: expected true or false, got {value!r}")
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        converted = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{_flag(name)}: expected {kind.__name__}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and converted not in choices:
+        raise ConfigError(f"{_flag(name)}: unknown value {converted!r}; choose one of: {', '.join(choices)}")
+    return converted
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="main.py",
+        description="Distributed trainer: synchronous, local and asynchronous SGD on real ranks.",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML file of settings; command-line flags override it")
+    for f in dataclasses.fields(Config):
+        help_text = f.metadata["help"]
+        if isinstance(f.default, bool):
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif f.default_factory is not dataclasses.MISSING:
+            parser.add_argument(_flag(f.name), dest=f.name, nargs="+", help=help_text)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, metavar=f.name.upper(), help=help_text)
+    config_aliases.add_alias_flags(parser)
+    return parser
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found")
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"--config {path}: not valid YAML{line}; check indentation and colons")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of setting: value at the top level")
+    settings = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"--config {path}: unknown key '{key}'; see `python main.py --help` for the settings")
+        settings[name] = value
+    return settings
+
+
+def parse_config(argv: Optional[list] = None) -> Config:
+    """Build the Config from defaults, an optional YAML file and the command line."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ConfigError(f"unknown argument {unknown[0]!r}; see `python main.py --help`")
+    given = vars(args)
+    settings = load_yaml(given.pop("config")) if "config" in given else {}
+    settings.update(config_aliases.translate(given))
+    settings = config_aliases.normalise_names(settings)
+    config = Config(**{name: _coerce(name, value) for name, value in settings.items()})
+    if config.training_type == "DiLoCo" and "optimizer" not in settings:
+        # DiLoCo's inner optimizer is AdamW (Douillard et al. 2023, sec. 2); its LR suits AdamW too.
+        config.optimizer = "adamw"
+        if "lr" not in settings:
+            config.lr = 1e-3
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Reject values no run could use, with one line naming the flag."""
+    positive = ("epochs", "batch_size", "eval_batch_size", "accumulation_steps", "max_micro_batch",
+                "local_steps", "min_local_steps", "max_local_steps", "reference_batch", "eval_every",
+                "log_every", "synthetic_size", "workers_per_node")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
+    non_negative = ("max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
+                    "prepass_epochs", "slow_lr", "outer_lr")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{_flag(name)} must not be negative, got {getattr(config, name)}")
+    if not config.lr > 0:
+        raise ConfigError(f"--lr must be positive, got {config.lr}")
+    for name in ("val_ratio", "test_ratio"):
+        if not 0 < getattr(config, name) < 1:
+            raise ConfigError(f"{_flag(name)} must be between 0 and 1 (exclusive), got {getattr(config, name)}")
+    for name in ("momentum", "slow_momentum", "outer_momentum"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"{_flag(name)} must be in [0, 1), got {getattr(config, name)}")
+    if config.min_local_steps > config.max_local_steps:
+        raise ConfigError("--min-local-steps must not exceed --max-local-steps")
+    if config.timeout <= 0:
+        raise ConfigError(f"--timeout must be positive, got {config.timeout}")
+    if config.nesterov and config.momentum == 0:
+        raise ConfigError("--nesterov needs --momentum > 0")
+    if len(config.adaptive_thresholds) != 3:
+        raise ConfigError("--adaptive-thresholds takes three values: early middle late")
