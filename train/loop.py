@@ -123,8 +123,8 @@ class Trainer:
         self.sync.before_step(self.progress.step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.sync.after_step(self.progress.step)  # before the scheduler: SlowMo needs this step's LR
         self.scheduler.step()
-        self.sync.after_step(self.progress.step)
         self.progress.step += 1
         return loss_sum, correct
 

@@ -47,6 +47,10 @@ class SlowMo(PLSGD):
 
     def outer_step(self) -> None:
         lr_inner = self.optimizer.param_groups[0]["lr"]
+        if lr_inner <= 0:  # no inner progress to scale (e.g. warmup from 0): keep the average
+            for x, start in zip(self.parameters, self.start):
+                start.copy_(x)
+            return
         with torch.no_grad():
             for x, start, u in zip(self.parameters, self.start, self.outer_momentum):
                 change = start - x  # d = x_start - x_avg

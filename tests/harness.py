@@ -1,0 +1,83 @@
+"""Helpers for tests that start real ranks: torchrun/python runs of main.py, and spawned Gloo groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+TINY = ["--dataset", "synthetic", "--synthetic-size", "2000", "--model", "lenet5", "--batch-size", "32",
+        "--epochs", "1", "--log-every", "1000"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def child_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def run_main(args: list, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run main.py in one process, or under torchrun with ``nproc`` ranks on this host."""
+    if nproc == 1:
+        command = [sys.executable, str(REPO / "main.py"), *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                   f"--master_port={free_port()}", str(REPO / "main.py"), *args]
+    return subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+
+
+def summary(output_dir) -> dict:
+    return json.loads((Path(output_dir) / "summary.json").read_text())
+
+
+def metrics(output_dir) -> list:
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_model(output_dir) -> dict:
+    return torch.load(Path(output_dir) / "model.pt", map_location="cpu")
+
+
+def max_difference(first: dict, second: dict) -> float:
+    return max((first[k].double() - second[k].double()).abs().max().item() for k in first)
+
+
+def _rank_entry(rank, world_size, init_file, function, args, results):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        torch.set_num_threads(1)
+        results[rank] = function(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_ranks(function, world_size: int, *args) -> list:
+    """Run ``function(rank, world_size, *args)`` on ``world_size`` real Gloo ranks; return their results."""
+    with tempfile.TemporaryDirectory() as folder:
+        manager = mp.Manager()
+        results = manager.dict()
+        mp.spawn(_rank_entry, args=(world_size, os.path.join(folder, "rendezvous"), function, args, results),
+                 nprocs=world_size, join=True)
+        return [results[rank] for rank in range(world_size)]
