@@ -23,7 +23,7 @@ from models import apply_ghost_batch_norm, build_model
 from train.loop import LoopSettings, Trainer, TrainingDiverged
 from train.optimizers import build_optimizer
 from train.schedules import Schedule, default_warmup_start, scaled_lr
-from train.sync import RunShape, build_sync
+from train.sync import SYNC_TYPES, RunShape, build_sync
 from utilities import distributed
 from utilities.checkpoint import CheckpointError, load_checkpoint, newest_valid_checkpoint
 from utilities.config import Config, ConfigError, parse_config
@@ -77,6 +77,12 @@ def resume_state(config: Config, checkpoints: str, device) -> dict | None:
 
 
 def train(config: Config) -> None:
+    if config.training_type not in SYNC_TYPES:
+        raise ConfigError(f"--training-type {config.training_type} is not implemented yet; available: "
+                          f"{', '.join(SYNC_TYPES)}")
+    if config.workers_per_node > 1:
+        raise ConfigError("--workers-per-node (--num-processes) belongs to LPPSGD/LAPSGD, which are not implemented "
+                          "yet; leave it at 1")
     launch = distributed.detect_launch()
     device = distributed.pick_device(config.device, launch.local_rank)
     backend = distributed.pick_backend(config.backend, device)

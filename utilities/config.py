@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file of settings; command-line flags override it")
     for f in dataclasses.fields(Config):
         help_text = f.metadata["help"]
+        if f.metadata["choices"]:
+            help_text += f" ({', '.join(f.metadata['choices'])})"
+        if not isinstance(f.default, bool) and f.default_factory is dataclasses.MISSING:
+            help_text += f"; default {f.default}"
         if isinstance(f.default, bool):
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         elif f.default_factory is not dataclasses.MISSING:
