@@ -99,10 +99,14 @@ def _npy(data_dir: str, test_ratio: float, seed: int) -> RawData:
     path = lambda name: os.path.join(data_dir, name)  # noqa: E731
     if not (os.path.exists(path("images.npy")) and os.path.exists(path("labels.npy"))):
         raise DataError(f"--dataset npy needs images.npy (N,H,W,C uint8) and labels.npy in {os.path.abspath(data_dir)}")
-    images, labels = _to_nchw(np.load(path("images.npy"), mmap_mode="r")), _labels(np.load(path("labels.npy")))
+    images, labels = _to_nchw(np.load(path("images.npy"))), _labels(np.load(path("labels.npy")))
     if len(images) != len(labels):
         raise DataError(f"images.npy has {len(images)} images but labels.npy has {len(labels)} labels")
-    if os.path.exists(path("test_images.npy")):
+    has_test = [os.path.exists(path(name)) for name in ("test_images.npy", "test_labels.npy")]
+    if any(has_test) and not all(has_test):
+        missing = "test_labels.npy" if has_test[0] else "test_images.npy"
+        raise DataError(f"{missing} is missing in {os.path.abspath(data_dir)}; give both test files or neither")
+    if all(has_test):
         test_images, test_labels = _to_nchw(np.load(path("test_images.npy"))), _labels(np.load(path("test_labels.npy")))
     else:  # hold out a seeded test split, disjoint from what training and validation see
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 7))

@@ -57,6 +57,15 @@ def test_post_local_sgd_before_its_switch_equals_mbsgd(tmp_path, mbsgd_plain):
     assert max_difference(final_model(tmp_path), final_model(mbsgd_plain)) < 1e-5
 
 
+def test_gradient_accumulation_under_ddp_equals_one_big_batch_without_extra_all_reduces(tmp_path, mbsgd_plain):
+    check_ok(run_main([*TINY, *PLAIN_SGD, "--training-type", "MBSGD", "--accumulation-steps", "4",
+                       "--output-dir", str(tmp_path)], nproc=2))
+    assert max_difference(final_model(tmp_path), final_model(mbsgd_plain)) < 1e-5
+    # no_sync(): the three non-final micro-batches all-reduce nothing.
+    assert summary(tmp_path)["comm_collectives"] == summary(mbsgd_plain)["comm_collectives"]
+    assert summary(tmp_path)["comm_bytes"] == summary(mbsgd_plain)["comm_bytes"]
+
+
 @pytest.mark.parametrize("training_type,extra", [
     ("PLSGD", ["--local-steps", "4"]),
     ("PostLocalSGD", ["--local-steps", "4", "--switch-epoch", "1"]),

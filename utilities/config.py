@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -138,7 +139,8 @@ def _coerce(name: str, value: Any) -> Any:
     f = FIELDS[name]
     if isinstance(f.default, list) or f.default_factory is not dataclasses.MISSING:
         item_type = float if name == "adaptive_thresholds" else int
-        items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+        pieces = value if isinstance(value, (list, tuple)) else [value]
+        items = [item for piece in pieces for item in str(piece).replace(",", " ").split()]
         try:
             return [item_type(v) for v in items]
         except (TypeError, ValueError):
@@ -157,6 +159,8 @@ def _coerce(name: str, value: Any) -> Any:
         if text in ("false", "no", "0", "off"):
             return False
         raise ConfigError(f"{_flag(name)}: expected true or false, got {value!r}")
+    if isinstance(value, bool):  # YAML's true/false is no number
+        raise ConfigError(f"{_flag(name)}: expected {kind.__name__}, got {value!r}")
     try:
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
@@ -231,14 +235,19 @@ def parse_config(argv: Optional[list] = None) -> Config:
         raise ConfigError(f"unknown argument {unknown[0]!r}; see `python main.py --help`")
     given = vars(args)
     settings = load_yaml(given.pop("config")) if "config" in given else {}
-    settings.update(config_aliases.translate(given))
+    settings.update(config_aliases.translate(given, base=settings))
     settings = config_aliases.normalise_names(settings)
     config = Config(**{name: _coerce(name, value) for name, value in settings.items()})
+    if config.training_type == "PLSGD" and config.switch_epoch > 0:
+        config.training_type = "PostLocalSGD"  # LPP-SGD runs post-local SGD as PLSGD with --pre_post_epochs E
     if config.training_type == "DiLoCo" and "optimizer" not in settings:
         # DiLoCo's inner optimizer is AdamW (Douillard et al. 2023, sec. 2); its LR suits AdamW too.
         config.optimizer = "adamw"
         if "lr" not in settings:
             config.lr = 1e-3
+    if config.optimizer in ("lars", "lamb") and "warmup_epochs" not in settings:
+        # Large-batch recipes warm up (Goyal et al. use 5 epochs); capped at a fifth of short runs.
+        config.warmup_epochs = min(5.0, config.epochs / 5)
     validate(config)
     return config
 
@@ -256,6 +265,9 @@ def validate(config: Config) -> None:
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ConfigError(f"{_flag(name)} must not be negative, got {getattr(config, name)}")
+    for name in ("lr", "timeout", "weight_decay", "momentum", "gamma", "slow_lr", "outer_lr", "trust_coefficient"):
+        if not math.isfinite(getattr(config, name)):
+            raise ConfigError(f"{_flag(name)} must be a finite number, got {getattr(config, name)}")
     if not config.lr > 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
     for name in ("val_ratio", "test_ratio"):

@@ -45,8 +45,9 @@ def add_alias_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lrmilestone", dest="lpp_lrmilestone", nargs="+", help="= --milestones")
 
 
-def translate(given: dict) -> dict:
-    """Settings from parsed flags: our own flags pass through, aliases are mapped."""
+def translate(given: dict, base: dict = None) -> dict:
+    """Settings from parsed flags: our own flags pass through, aliases are mapped.
+    ``base`` holds the settings from a YAML file, which an alias may build on."""
     from utilities.config import ConfigError  # circular at import time only
 
     settings = {name: value for name, value in given.items() if not name.startswith("lpp_")}
@@ -60,7 +61,11 @@ def translate(given: dict) -> dict:
         if _dest(flag) in given:
             put(name, given[_dest(flag)], flag)
     if "lpp_bs_multiple" in given:  # LPP-SGD's batch is train_processing_bs per pass, times bs_multiple passes
-        settings["batch_size"] = int(settings.get("batch_size", 128)) * given["lpp_bs_multiple"]
+        if "batch_size" in given:
+            raise ConfigError("--bs_multiple multiplies --train_processing_bs; use --batch-size with "
+                              "--accumulation-steps instead of mixing them")
+        per_pass = settings.get("batch_size", (base or {}).get("batch_size", 128))
+        settings["batch_size"] = int(per_pass) * given["lpp_bs_multiple"]
     if given.get("lpp_cuda"):
         put("device", "cuda", "--cuda")
     if given.get("lpp_lars"):
@@ -76,9 +81,6 @@ def normalise_names(settings: dict) -> dict:
     """Map LPP-SGD model and training-type names onto ours, in YAML and command-line settings alike."""
     if "model" in settings:
         settings["model"] = MODEL_ALIASES.get(settings["model"], settings["model"])
-    # LPP-SGD runs post-local SGD as PLSGD with --pre_post_epochs E.
-    if settings.get("training_type") in ("PLSGD", "LocalSGD") and int(settings.get("switch_epoch", -1)) > 0:
-        settings["training_type"] = "PostLocalSGD"
     if settings.get("training_type") == "LocalSGD":
         settings["training_type"] = "PLSGD"
     return settings

@@ -29,14 +29,23 @@ class LaunchInfo:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """First host of a SLURM node list such as 'gpu[003-005,010],cpu1' -> 'gpu003'."""
-    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if head is None:
+    """First host of a SLURM node list: 'gpu[003-005,010],cpu1' -> 'gpu003', 'rack[1-2]-gpu[01-04]' -> 'rack1-gpu01'."""
+    host, depth, bracket = [], 0, []
+    for char in nodelist.strip():
+        if char == "," and depth == 0:
+            break
+        if char == "[":
+            depth, bracket = 1, []
+        elif char == "]" and depth:
+            depth = 0
+            host.append("".join(bracket).split(",")[0].split("-")[0])
+        elif depth:
+            bracket.append(char)
+        else:
+            host.append(char)
+    if depth or not host:
         raise ValueError(f"cannot parse SLURM_JOB_NODELIST {nodelist!r}")
-    prefix, _, ranges = head.groups()
-    if ranges is None:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    return "".join(host)
 
 
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE")

@@ -1,0 +1,496 @@
+"""Unit tests of the run configuration: defaults, YAML, command line, LPP-SGD aliases, validation.
+
+Every field must be settable from the command line and from ``--config FILE.yaml`` (the
+command line winning), and every bad input must end as one ``ConfigError`` line naming the
+flag (DESIGN.md, style note 5). ``parse_config`` is always given an explicit argv: with
+``None`` it would read pytest's own ``sys.argv``.
+"""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utilities.config import FIELDS, Config, ConfigError, parse_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# One valid value per field that differs from its default; the keys must be exactly the
+# fields, so a new field without a test here fails test_every_field_has_a_test_value.
+NON_DEFAULT = {
+    "training_type": "SlowMo",
+    "dataset": "mnist",
+    "data_dir": "/somewhere/data",
+    "download": False,
+    "synthetic_size": 512,
+    "test_ratio": 0.25,
+    "val_ratio": 0.2,
+    "augment": False,
+    "num_classes": 100,
+    "model": "resnet18",
+    "ghost_batch_size": 32,
+    "epochs": 3,
+    "max_steps": 100,
+    "total_steps": 200,
+    "batch_size": 64,
+    "eval_batch_size": 500,
+    "accumulation_steps": 2,
+    "max_micro_batch": 1024,
+    "optimizer": "lamb",
+    "lr": 0.2,
+    "momentum": 0.5,
+    "nesterov": True,
+    "weight_decay": 1e-4,
+    "trust_coefficient": 0.02,
+    "lars_exclude_bias_norm": False,
+    "lr_schedule": "multistep",
+    "milestones": [30, 60],
+    "gamma": 0.2,
+    "warmup_epochs": 2.5,
+    "warmup_start_lr": 0.01,
+    "lr_scaling": "sqrt",
+    "reference_batch": 512,
+    "local_steps": 8,
+    "average_buffers": False,
+    "momentum_sync": "average",
+    "switch_epoch": 3,
+    "switch_step": 1000,
+    "slow_momentum": 0.7,
+    "slow_lr": 0.5,
+    "outer_lr": 0.3,
+    "outer_momentum": 0.8,
+    "adaptive_rule": "trend",
+    "adaptive_thresholds": [0.1, 0.01, 0.001],
+    "min_local_steps": 2,
+    "max_local_steps": 32,
+    "workers_per_node": 4,
+    "prepass_epochs": 2,
+    "seed": 7,
+    "deterministic": True,
+    "output_dir": "runs/elsewhere",
+    "resume": "auto",
+    "overwrite": True,
+    "eval_every": 2,
+    "log_every": 10,
+    "tensorboard": True,
+    "device": "cpu",
+    "backend": "gloo",
+    "dist_url": "tcp://10.0.0.1:23456",
+    "timeout": 60.0,
+}
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def cli_args(name, value):
+    """The command-line words that set field ``name`` to ``value``."""
+    if isinstance(value, bool):
+        return [flag(name) if value else "--no-" + name.replace("_", "-")]
+    if isinstance(value, list):
+        return [flag(name), *map(str, value)]
+    return [flag(name), str(value)]
+
+
+def write_yaml(tmp_path, settings, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(settings) if isinstance(settings, dict) else settings)
+    return str(path)
+
+
+def config_error(argv):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(argv)
+    message = str(caught.value)
+    assert "\n" not in message, f"a ConfigError must be one line, got {message!r}"
+    return message
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def test_defaults_equal_the_dataclass():
+    assert parse_config([]) == Config()
+
+
+def test_some_defaults_by_value():
+    config = parse_config([])
+    assert config.training_type == "MBSGD"
+    assert config.dataset == "cifar10"
+    assert config.batch_size == 128
+    assert config.lr == 0.05
+    assert config.optimizer == "sgd"
+    assert config.download is True and config.augment is True
+    assert config.milestones == [] and config.num_classes is None and config.warmup_start_lr is None
+    assert config.resolved_output_dir() == "runs/MBSGD-cifar10-lenet5w"
+
+
+def test_list_defaults_are_not_shared_between_configs():
+    first, second = Config(), Config()
+    first.adaptive_thresholds.append(1.0)
+    assert second.adaptive_thresholds == [0.02, 0.005, 0.001]
+
+
+def test_every_field_has_a_test_value():
+    assert set(NON_DEFAULT) == set(FIELDS)
+    defaults = Config()
+    for name, value in NON_DEFAULT.items():
+        assert getattr(defaults, name) != value, f"{name}: the test value equals the default"
+
+
+# ----------------------------------------------------------------------------- every field
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_every_field_settable_from_command_line(name):
+    config = parse_config(cli_args(name, NON_DEFAULT[name]))
+    assert getattr(config, name) == NON_DEFAULT[name]
+    assert type(getattr(config, name)) is type(NON_DEFAULT[name])
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_every_field_settable_from_yaml(name, tmp_path):
+    path = write_yaml(tmp_path, {name: NON_DEFAULT[name]})
+    config = parse_config(["--config", path])
+    assert getattr(config, name) == NON_DEFAULT[name]
+    assert type(getattr(config, name)) is type(NON_DEFAULT[name])
+
+
+def test_all_fields_at_once_from_yaml(tmp_path):
+    config = parse_config(["--config", write_yaml(tmp_path, NON_DEFAULT)])
+    assert config.to_dict() == NON_DEFAULT
+
+
+def test_yaml_keys_may_use_dashes(tmp_path):
+    config = parse_config(["--config", write_yaml(tmp_path, "batch-size: 32\nlr-schedule: constant\n")])
+    assert config.batch_size == 32 and config.lr_schedule == "constant"
+
+
+def test_command_line_wins_over_yaml(tmp_path):
+    path = write_yaml(tmp_path, {"epochs": 3, "lr": 0.2, "download": False, "milestones": [5], "model": "mlp"})
+    config = parse_config(["--config", path, "--epochs", "4", "--download", "--milestones", "7", "8"])
+    assert config.epochs == 4
+    assert config.download is True
+    assert config.milestones == [7, 8]
+    assert config.lr == 0.2 and config.model == "mlp"  # not overridden: YAML stays
+
+
+def test_flag_order_does_not_matter_for_precedence(tmp_path):
+    path = write_yaml(tmp_path, {"epochs": 3})
+    assert parse_config(["--epochs", "4", "--config", path]).epochs == 4
+
+
+def test_alias_on_command_line_wins_over_yaml(tmp_path):
+    path = write_yaml(tmp_path, {"local_steps": 8})
+    assert parse_config(["--config", path, "--averaging_freq", "4"]).local_steps == 4
+
+
+def test_empty_yaml_gives_defaults(tmp_path):
+    assert parse_config(["--config", write_yaml(tmp_path, "")]) == Config()
+
+
+def test_yaml_list_given_as_scalar(tmp_path):
+    assert parse_config(["--config", write_yaml(tmp_path, "milestones: 30\n")]).milestones == [30]
+
+
+# ----------------------------------------------------------------------------- YAML errors
+
+
+def test_unknown_yaml_key_rejected_naming_the_key(tmp_path):
+    path = write_yaml(tmp_path, {"epochs": 2, "learning_rate": 0.1})
+    message = config_error(["--config", path])
+    assert "learning_rate" in message and path in message
+
+
+def test_alias_names_are_not_yaml_keys(tmp_path):
+    message = config_error(["--config", write_yaml(tmp_path, {"averaging_freq": 4})])
+    assert "averaging_freq" in message
+
+
+def test_yaml_that_does_not_parse_rejected(tmp_path):
+    path = write_yaml(tmp_path, "epochs: [1, 2\nlr: 0.1\n")
+    message = config_error(["--config", path])
+    assert path in message and "YAML" in message
+
+
+@pytest.mark.parametrize("text", ["- epochs\n- lr\n", "just a string\n", "42\n"])
+def test_non_mapping_yaml_rejected(tmp_path, text):
+    message = config_error(["--config", write_yaml(tmp_path, text)])
+    assert "mapping" in message
+
+
+def test_missing_yaml_file_rejected(tmp_path):
+    message = config_error(["--config", str(tmp_path / "absent.yaml")])
+    assert "absent.yaml" in message and "not found" in message
+
+
+@pytest.mark.parametrize("text, flag_name", [
+    ("epochs: 2.5\n", "--epochs"),
+    ("epochs: null\n", "--epochs"),
+    ("lr: [1, 2]\n", "--lr"),
+    ("download: maybe\n", "--download"),
+    ("milestones: [a, b]\n", "--milestones"),
+    ("model: nope\n", "--model"),
+    ("val_ratio: 1.5\n", "--val-ratio"),
+])
+def test_bad_yaml_values_rejected_naming_the_flag(tmp_path, text, flag_name):
+    assert flag_name in config_error(["--config", write_yaml(tmp_path, text)])
+
+
+@pytest.mark.parametrize("text, flag_name", [("epochs: true\n", "--epochs"), ("lr: true\n", "--lr"),
+                                             ("batch_size: true\n", "--batch-size")])
+def test_yaml_boolean_for_a_number_rejected(tmp_path, text, flag_name):
+    # Style note 5: wrong types fail loudly. `epochs: true` must not silently become 1 epoch.
+    assert flag_name in config_error(["--config", write_yaml(tmp_path, text)])
+
+
+# ----------------------------------------------------------------------------- CLI errors
+
+
+@pytest.mark.parametrize("argv, flag_name", [
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--val-ratio", "1.5"], "--val-ratio"),
+    (["--val-ratio", "0"], "--val-ratio"),
+    (["--test-ratio", "1"], "--test-ratio"),
+    (["--local-steps", "0"], "--local-steps"),
+    (["--training-type", "Nope"], "--training-type"),
+    (["--dataset", "nope"], "--dataset"),
+    (["--model", "nope"], "--model"),
+    (["--optimizer", "nope"], "--optimizer"),
+    (["--epochs", "abc"], "--epochs"),
+    (["--epochs", "0"], "--epochs"),
+    (["--momentum", "1"], "--momentum"),
+    (["--weight-decay", "-0.1"], "--weight-decay"),
+    (["--timeout", "0"], "--timeout"),
+    (["--milestones", "a"], "--milestones"),
+    (["--workers-per-node", "0"], "--workers-per-node"),
+    (["--train_processing_bs", "abc"], "--train_processing_bs"),
+    (["--scheduler-type", "linear"], "--scheduler-type"),
+])
+def test_bad_values_rejected_naming_the_flag(argv, flag_name):
+    assert flag_name in config_error(argv)
+
+
+@pytest.mark.parametrize("argv, flag_name", [(["--lr", "inf"], "--lr"), (["--timeout", "nan"], "--timeout")])
+def test_non_finite_numbers_rejected(argv, flag_name):
+    # validate() compares with `<= 0`, which nan passes; `--timeout nan` later fails inside
+    # init_distributed with "cannot convert float NaN to integer", naming no flag.
+    assert flag_name in config_error(argv)
+
+
+def test_choice_error_lists_the_choices():
+    message = config_error(["--training-type", "Nope"])
+    assert "Nope" in message and "MBSGD" in message and "DiLoCo" in message
+
+
+def test_cross_field_checks():
+    assert "--min-local-steps" in config_error(["--min-local-steps", "10", "--max-local-steps", "5"])
+    assert "--nesterov" in config_error(["--nesterov", "--momentum", "0"])
+    assert "--adaptive-thresholds" in config_error(["--adaptive-thresholds", "0.1", "0.2"])
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["--bogus", "3"], ["stray"], ["--epoch", "3"]])
+def test_unknown_command_line_argument_rejected(argv):
+    assert argv[0] in config_error(argv)
+
+
+def test_flag_without_value_rejected():
+    assert "--epochs" in config_error(["--epochs"])
+
+
+def test_non_integer_switch_epoch_is_a_config_error():
+    # normalise_names calls int() on switch_epoch before it is type-checked: a bare ValueError
+    # escapes parse_config and main.py prints a traceback instead of one 'error:' line.
+    assert "--switch-epoch" in config_error(["--training-type", "PLSGD", "--switch-epoch", "abc"])
+
+
+# ----------------------------------------------------------------------------- booleans and lists
+
+
+@pytest.mark.parametrize("name", ["download", "augment", "nesterov", "tensorboard", "average_buffers"])
+def test_boolean_flags_both_ways(name):
+    dashed = name.replace("_", "-")
+    assert getattr(parse_config([f"--{dashed}"]), name) is True
+    assert getattr(parse_config([f"--no-{dashed}"]), name) is False
+
+
+def test_last_boolean_flag_wins():
+    assert parse_config(["--download", "--no-download"]).download is False
+    assert parse_config(["--no-augment", "--augment"]).augment is True
+
+
+def test_list_flags():
+    assert parse_config(["--milestones", "30", "60"]).milestones == [30, 60]
+    assert parse_config(["--adaptive-thresholds", "0.3", "0.2", "0.1"]).adaptive_thresholds == [0.3, 0.2, 0.1]
+
+
+# ----------------------------------------------------------------------------- LPP-SGD aliases
+
+
+def test_alias_cuda():
+    assert parse_config(["--cuda"]).device == "cuda"
+
+
+def test_alias_batch_from_processing_bs_and_multiple():
+    config = parse_config(["--train_processing_bs", "32", "--bs_multiple", "4"])
+    assert config.batch_size == 128
+    assert config.accumulation_steps == 4
+
+
+def test_alias_train_processing_bs_alone():
+    config = parse_config(["--train_processing_bs", "32"])
+    assert config.batch_size == 32 and config.accumulation_steps == 1
+
+
+def test_alias_bs_multiple_uses_the_batch_size_from_yaml(tmp_path):
+    # `--bs_multiple` multiplies the per-pass batch, also one given in YAML (not the default 128).
+    from_yaml = parse_config(["--config", write_yaml(tmp_path, {"batch_size": 32}), "--bs_multiple", "4"])
+    assert from_yaml.batch_size == 128
+    assert from_yaml.accumulation_steps == 4
+
+
+def test_bs_multiple_with_our_batch_size_flag_is_ambiguous_and_rejected():
+    with pytest.raises(ConfigError, match="--bs_multiple"):
+        parse_config(["--batch-size", "32", "--bs_multiple", "4"])
+
+
+def test_alias_test_processing_bs():
+    assert parse_config(["--test_processing_bs", "250"]).eval_batch_size == 250
+
+
+@pytest.mark.parametrize("alias, ours", [("res20", "resnet20"), ("res18", "resnet18"), ("resnet", "resnet20"),
+                                         ("lenet", "lenet5"), ("vgg", "vgg11")])
+def test_alias_model_names(alias, ours):
+    assert parse_config(["--model", alias]).model == ours
+
+
+def test_alias_model_name_in_yaml(tmp_path):
+    assert parse_config(["--config", write_yaml(tmp_path, {"model": "res20"})]).model == "resnet20"
+
+
+@pytest.mark.parametrize("alias, ours", [("mstep", "multistep"), ("const", "constant"), ("cosine", "cosine")])
+def test_alias_scheduler_type(alias, ours):
+    assert parse_config(["--scheduler-type", alias]).lr_schedule == ours
+
+
+def test_alias_scheduler_type_contradicting_lr_schedule_rejected():
+    assert "--scheduler-type" in config_error(["--scheduler-type", "mstep", "--lr-schedule", "cosine"])
+    assert parse_config(["--scheduler-type", "mstep", "--lr-schedule", "multistep"]).lr_schedule == "multistep"
+
+
+def test_alias_lrmilestone_gamma_warmup_baseline():
+    config = parse_config(["--lrmilestone", "10", "20", "--gamma", "0.5", "--warm_up_epochs", "5",
+                           "--baseline_lr", "0.01"])
+    assert config.milestones == [10, 20]
+    assert config.gamma == 0.5
+    assert config.warmup_epochs == 5.0
+    assert config.warmup_start_lr == 0.01
+
+
+def test_alias_averaging_freq():
+    assert parse_config(["--averaging_freq", "8"]).local_steps == 8
+
+
+def test_alias_plsgd_with_pre_post_epochs_is_post_local_sgd():
+    config = parse_config(["--training-type", "PLSGD", "--pre_post_epochs", "5"])
+    assert config.training_type == "PostLocalSGD"
+    assert config.switch_epoch == 5
+
+
+def test_plsgd_with_switch_epoch_in_yaml_is_post_local_sgd(tmp_path):
+    config = parse_config(["--config", write_yaml(tmp_path, {"training_type": "PLSGD", "switch_epoch": 5})])
+    assert config.training_type == "PostLocalSGD" and config.switch_epoch == 5
+
+
+def test_plsgd_without_pre_post_epochs_stays_plsgd():
+    assert parse_config(["--training-type", "PLSGD"]).training_type == "PLSGD"
+    assert parse_config(["--training-type", "PLSGD", "--pre_post_epochs", "0"]).training_type == "PLSGD"
+
+
+def test_alias_local_sgd_is_plsgd():
+    assert parse_config(["--training-type", "LocalSGD"]).training_type == "PLSGD"
+    assert parse_config(["--training-type", "LocalSGD", "--pre_post_epochs", "2"]).training_type == "PostLocalSGD"
+
+
+def test_alias_num_processes_prepass_lars_eta():
+    config = parse_config(["--num-processes", "3", "--prepassmepochs", "2", "--lars", "--eta", "0.002"])
+    assert config.workers_per_node == 3
+    assert config.prepass_epochs == 2
+    assert config.optimizer == "lars"
+    assert config.trust_coefficient == 0.002
+
+
+def test_alias_dist_backend_url_test_freq_storeresults():
+    config = parse_config(["--dist-backend", "gloo", "--dist-url", "tcp://x:1", "--test-freq", "2",
+                           "--storeresults"])
+    assert config.backend == "gloo"
+    assert config.dist_url == "tcp://x:1"
+    assert config.eval_every == 2
+    assert config == dataclasses.replace(Config(), backend="gloo", dist_url="tcp://x:1", eval_every=2)
+
+
+def test_alias_dist_backend_choice_checked():
+    assert "--backend" in config_error(["--dist-backend", "mpi"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["--averaging_freq", "4", "--local-steps", "8"],
+    ["--train_processing_bs", "32", "--batch-size", "64"],
+    ["--cuda", "--device", "cpu"],
+    ["--lars", "--optimizer", "sgd"],
+    ["--dist-backend", "gloo", "--backend", "nccl"],
+    ["--lrmilestone", "10", "--milestones", "20"],
+])
+def test_alias_contradicting_its_own_flag_rejected(argv):
+    message = config_error(argv)
+    assert argv[0] in message and "contradicts" in message
+
+
+def test_alias_agreeing_with_its_own_flag_accepted():
+    assert parse_config(["--averaging_freq", "8", "--local-steps", "8"]).local_steps == 8
+    assert parse_config(["--cuda", "--device", "cuda"]).device == "cuda"
+
+
+# ----------------------------------------------------------------------------- DiLoCo defaults
+
+
+def test_diloco_defaults_to_adamw_and_small_lr():
+    config = parse_config(["--training-type", "DiLoCo"])
+    assert config.optimizer == "adamw" and config.lr == 1e-3
+
+
+def test_diloco_keeps_a_given_lr_or_optimizer(tmp_path):
+    config = parse_config(["--training-type", "DiLoCo", "--lr", "0.01"])
+    assert config.optimizer == "adamw" and config.lr == 0.01
+    config = parse_config(["--training-type", "DiLoCo", "--optimizer", "sgd"])
+    assert config.optimizer == "sgd" and config.lr == 0.05
+    config = parse_config(["--training-type", "DiLoCo", "--lars"])
+    assert config.optimizer == "lars"
+    path = write_yaml(tmp_path, {"training_type": "DiLoCo", "optimizer": "lamb", "lr": 0.3})
+    config = parse_config(["--config", path])
+    assert config.optimizer == "lamb" and config.lr == 0.3
+
+
+def test_other_types_keep_sgd():
+    config = parse_config(["--training-type", "SlowMo"])
+    assert config.optimizer == "sgd" and config.lr == 0.05
+
+
+# ----------------------------------------------------------------------------- main.py exit
+
+
+def test_main_reports_bad_flag_in_one_line_with_exit_code_2():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--epochs", "abc"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and "--epochs" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
