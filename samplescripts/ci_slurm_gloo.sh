@@ -18,8 +18,8 @@ cd "${SLURM_SUBMIT_DIR:?submit with sbatch from the repository root}"
 PYTHON=${PYTHON:-python}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/ci-slurm-gloo-${SLURM_JOB_ID}}
 
-# One BLAS/OpenMP thread per allocated CPU; torch would otherwise start one per core in
-# every rank and the two ranks would fight over the same cores.
+# Threads per rank = CPUs SLURM gave the task. Left unset, main.py would split all of the
+# node's cores among its ranks, more than the allocation on a shared node.
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 
 # --kill-on-bad-exit: if one rank dies, stop the other instead of leaving it blocked in a

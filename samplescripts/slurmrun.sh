@@ -34,7 +34,8 @@ DEVICE=${DEVICE:-auto}
 BACKEND=${BACKEND:-auto}        # auto: NCCL when every rank has a GPU, Gloo otherwise
 TRAINING_TYPES=${TRAINING_TYPES:-MBSGD PLSGD SlowMo AdaptiveJ LPPSGD LAPSGD}
 
-# One OpenMP thread per allocated CPU, so the data pipeline does not oversubscribe the node.
+# Threads per rank = CPUs SLURM gave the task. Left unset, main.py would split all of the
+# node's cores among its ranks, more than the allocation on a shared node.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 echo "slurmrun: job ${SLURM_JOB_ID}, ${SLURM_NTASKS} ranks on ${SLURM_JOB_NUM_NODES} nodes (${SLURM_JOB_NODELIST})"

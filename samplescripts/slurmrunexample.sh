@@ -21,7 +21,8 @@ DATA_DIR=${DATA_DIR:-data}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/mnist-example-${SLURM_JOB_ID}}
 TRAINING_TYPE=${TRAINING_TYPE:-PLSGD}
 
-# One OpenMP thread per allocated CPU, so CPU-only ranks do not oversubscribe the node.
+# Threads per rank = CPUs SLURM gave the task. Left unset, main.py would split all of the
+# node's cores among its ranks, more than the allocation on a shared node.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 # main.py reads its rank from SLURM_PROCID/SLURM_NTASKS and the master from the first host

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -48,16 +49,35 @@ def tail(text, lines=60):
     return "\n".join((text or "").splitlines()[-lines:])
 
 
-def run_launch(command, env, cwd=REPO_ROOT):
-    """Run one launcher command; fail with the tail of its output if it times out or fails."""
+def run_launchers(commands, env):
+    """Start the commands side by side, wait for all; fail with their output if any fails.
+
+    Each command gets its own session so that on a timeout, or when a launcher exits and
+    leaves a rank behind, the whole process tree is killed and nothing outlives the test.
+    """
+    launchers = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                 for command in commands]
+    deadline = time.monotonic() + TIMEOUT_S
+    outputs, timed_out = [], False
     try:
-        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                                timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"{' '.join(command)} did not finish in {TIMEOUT_S}s\n"
-                    f"--- stdout ---\n{tail(expired.stdout)}\n--- stderr ---\n{tail(expired.stderr)}")
-    log = f"--- stdout ---\n{tail(result.stdout)}\n--- stderr ---\n{tail(result.stderr)}"
-    assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}\n{log}"
+        for launcher in launchers:
+            outputs.append(launcher.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        for launcher in launchers:
+            try:
+                os.killpg(launcher.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if timed_out:
+        outputs += [launcher.communicate()[0] for launcher in launchers[len(outputs):]]
+    log = "\n".join(f"--- launcher {index}: {Path(command[0]).name} (exit {launcher.returncode}) ---\n"
+                    f"{tail(output)}"
+                    for index, (command, launcher, output) in enumerate(zip(commands, launchers, outputs)))
+    assert not timed_out, f"launch did not finish in {TIMEOUT_S}s\n{log}"
+    assert all(launcher.returncode == 0 for launcher in launchers), log
     return log
 
 
@@ -89,8 +109,10 @@ def test_mpiexec_two_ranks(tmp_path):
     if importlib.util.find_spec("mpi4py") is None:
         pytest.skip("mpi4py is not installed; main.py needs it to read its rank under mpiexec")
     output_dir = tmp_path / "run"
-    env = launch_env(output_dir, MPIEXEC=mpiexec, NPROC="2")
-    log = run_launch([str(SCRIPTS / "singlenoderun.sh"), *SMALL_RUN_ARGS], env)
+    # main.py takes the rendezvous port from MASTER_PORT under MPI (default 29500); a free
+    # one keeps this run apart from any other on the machine.
+    env = launch_env(output_dir, MPIEXEC=mpiexec, NPROC="2", MASTER_PORT=str(free_port()))
+    log = run_launchers([[str(SCRIPTS / "singlenoderun.sh"), *SMALL_RUN_ARGS]], env)
     assert_two_identical_replicas(output_dir, log)
 
 
@@ -99,24 +121,8 @@ def test_torchrun_two_agents(tmp_path):
     output_dir = tmp_path / "run"
     env = launch_env(output_dir, NNODES="2", NPROC_PER_NODE="1",
                      RDZV_ENDPOINT=f"127.0.0.1:{free_port()}", RDZV_ID=uuid.uuid4().hex[:12])
-    command = [str(SCRIPTS / "torchrun_multi_node.sh"), *SMALL_RUN_ARGS]
-    # Each agent in its own session so a hung one can be killed with all its workers.
-    agents = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-              for _ in range(2)]
-    outputs = []
-    try:
-        for agent in agents:
-            outputs.append(agent.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for agent in agents:
-            os.killpg(agent.pid, signal.SIGKILL)
-        outputs = [agent.communicate()[0] for agent in agents]
-        pytest.fail(f"torchrun agents did not finish in {TIMEOUT_S}s\n"
-                    + "\n".join(f"--- agent {i} ---\n{tail(out)}" for i, out in enumerate(outputs)))
-    log = "\n".join(f"--- agent {i} (exit {agent.returncode}) ---\n{tail(out)}"
-                    for i, (agent, out) in enumerate(zip(agents, outputs)))
-    assert all(agent.returncode == 0 for agent in agents), log
+    agent_command = [str(SCRIPTS / "torchrun_multi_node.sh"), *SMALL_RUN_ARGS]
+    log = run_launchers([agent_command, agent_command], env)
     assert_two_identical_replicas(output_dir, log)
 
 
@@ -130,6 +136,10 @@ def slurm_unavailable_reason():
     if probe.returncode != 0:
         return f"sinfo failed: {probe.stderr.strip()}"
     return None
+
+
+def read_job_log(path):
+    return tail(path.read_text()) if path.exists() else "(the job wrote no output)"
 
 
 def test_sbatch_two_tasks(tmp_path):
@@ -149,9 +159,7 @@ def test_sbatch_two_tasks(tmp_path):
                                 capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         subprocess.run(["scancel", f"--name={job_name}"], timeout=30, check=False)
-        job_output = job_log.read_text() if job_log.exists() else "(no job output)"
-        pytest.fail(f"sbatch --wait did not return in {TIMEOUT_S}s; job cancelled\n{tail(job_output)}")
-    job_output = job_log.read_text() if job_log.exists() else "(no job output)"
-    log = f"--- sbatch ---\n{result.stdout}{result.stderr}\n--- job output ---\n{tail(job_output)}"
+        pytest.fail(f"sbatch --wait did not return in {TIMEOUT_S}s; job cancelled\n{read_job_log(job_log)}")
+    log = f"--- sbatch ---\n{result.stdout}{result.stderr}\n--- job output ---\n{read_job_log(job_log)}"
     assert result.returncode == 0, f"sbatch --wait exited {result.returncode}\n{log}"
     assert_two_identical_replicas(output_dir, log)

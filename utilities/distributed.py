@@ -69,13 +69,15 @@ def detect_launch(env=None) -> LaunchInfo:
     if "RANK" in env and "WORLD_SIZE" in env:
         return LaunchInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                           env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
+    # MPI before SLURM: mpiexec inside an allocation starts its ranks through srun, whose SLURM_* then
+    # describe the helper step, not the ranks.
+    if any(int(env.get(name, "1") or 1) > 1 for name in _MPI_SIZE_VARS):
+        return _mpi_launch(env)
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
         job_id = int(env.get("SLURM_JOB_ID", 0))
         return LaunchInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                           env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
                           int(env.get("MASTER_PORT", 29500 + job_id % 1000)), "slurm")
-    if any(int(env.get(name, "1") or 1) > 1 for name in _MPI_SIZE_VARS):
-        return _mpi_launch(env)
     return LaunchInfo(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "single")
 
 
