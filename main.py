@@ -64,7 +64,7 @@ def build_schedule(config: Config, optimizer, steps_per_epoch: int, total_steps:
                         warmup_steps=round(config.warmup_epochs * steps_per_epoch), warmup_start_lr=warmup_start,
                         kind=config.lr_schedule, milestone_steps=tuple(m * steps_per_epoch for m in config.milestones),
                         gamma=config.gamma)
-    return schedule.scheduler(optimizer), peak_lr
+    return schedule, peak_lr
 
 
 def resume_state(config: Config, checkpoints: str, device) -> dict | None:
@@ -80,9 +80,8 @@ def train(config: Config) -> None:
     if config.training_type not in SYNC_TYPES:
         raise ConfigError(f"--training-type {config.training_type} is not implemented yet; available: "
                           f"{', '.join(SYNC_TYPES)}")
-    if config.workers_per_node > 1:
-        raise ConfigError("--workers-per-node (--num-processes) belongs to LPPSGD/LAPSGD, which are not implemented "
-                          "yet; leave it at 1")
+    if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
+        raise ConfigError("--workers-per-node (--num-processes) is for --training-type LPPSGD or LAPSGD")
     launch = distributed.detect_launch()
     device = distributed.pick_device(config.device, launch.local_rank)
     backend = distributed.pick_backend(config.backend, device)
@@ -117,9 +116,11 @@ def train(config: Config) -> None:
                                 nesterov=config.nesterov, weight_decay=config.weight_decay,
                                 trust_coefficient=config.trust_coefficient,
                                 exclude_bias_and_norm=config.lars_exclude_bias_norm)
-    scheduler, peak_lr = build_schedule(config, optimizer, steps_per_epoch, total_steps, launch.world_size)
+    schedule, peak_lr = build_schedule(config, optimizer, steps_per_epoch, total_steps, launch.world_size)
+    scheduler = schedule.scheduler(optimizer)
     meter = distributed.CommMeter()
-    sync = build_sync(config.training_type, config, meter, RunShape(micro_batches, steps_per_epoch, epochs))
+    sync = build_sync(config.training_type, config, meter,
+                      RunShape(micro_batches, steps_per_epoch, epochs, schedule))
 
     files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
     settings = LoopSettings(epochs=epochs, max_steps=max_steps, micro_batches=micro_batches,

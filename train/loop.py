@@ -169,7 +169,7 @@ class Trainer:
         for epoch in range(self.progress.epoch, self.settings.epochs):
             epoch_started = time.perf_counter()
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-            row.update(self.train_epoch(epoch))
+            row.update(self.sync.train_epoch(epoch, self) or self.train_epoch(epoch))
             final = epoch + 1 == self.settings.epochs or self.finished_steps()
             row.update(self.evaluate_epoch(epoch, final))
             row.update(self.sync.after_epoch(epoch, row))

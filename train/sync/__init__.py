@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from train.sync.adaptive import AdaptiveJ
 from train.sync.base import RunShape, Sync
+from train.sync.hogwild import LAPSGD, LPPSGD
 from train.sync.mbsgd import MBSGD
 from train.sync.plsgd import PLSGD, PostLocalSGD
 from train.sync.slowmo import DiLoCo, SlowMo
@@ -16,6 +17,8 @@ SYNC_TYPES = {
     "SlowMo": SlowMo,
     "DiLoCo": DiLoCo,
     "AdaptiveJ": AdaptiveJ,
+    "LAPSGD": LAPSGD,
+    "LPPSGD": LPPSGD,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -21,6 +22,7 @@ class RunShape:
     micro_batches: int = 1  # backward passes per optimizer step
     steps_per_epoch: int = 1
     epochs: int = 1
+    schedule: Optional[object] = None  # train.schedules.Schedule: the LR as a function of the step
 
 
 class Sync:
@@ -33,6 +35,11 @@ class Sync:
         """Wrap or snapshot what this method needs; return the module the loop trains."""
         self.model, self.optimizer = model, optimizer
         return model
+
+    def train_epoch(self, epoch: int, trainer) -> Optional[dict]:
+        """Train one epoch some other way (e.g. in worker processes) and return its figures;
+        None lets the loop train the epoch itself."""
+        return None
 
     def no_sync(self) -> contextlib.AbstractContextManager:
         """Context for a backward pass that is not the last of an accumulated step."""

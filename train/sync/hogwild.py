@@ -1,0 +1,194 @@
+"""LAPSGD and LPPSGD: Hogwild!-style workers per node, non-blocking averaging across nodes.
+
+Chatterjee, Kungurtsev, Alistarh, "Scaling the Wild: Decentralizing Hogwild!-style
+Shared-memory SGD" (2022). On every node (rank), ``workers`` processes share ONE model in
+shared memory and update it lock-free on disjoint parts of the node's shard:
+- LAPSGD: each worker computes the full gradient and updates the whole model;
+- LPPSGD: each worker backpropagates into and updates only its own block of the parameters
+  (partial backpropagation), so concurrent updates do not collide; after the prepass epochs,
+  partitioned steps alternate with full steps.
+The rank process itself is the averager: every J node steps (counted over all its workers)
+it averages the shared model with the other nodes in place while the workers keep training.
+It snapshots the flat parameters, all-reduces the snapshot and adds (average - snapshot) to
+the live parameters, so updates the workers made during the all-reduce survive. Only this
+process talks to the process group, so collectives never come from two threads at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import queue
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dataloaders import TrainBatches
+from train.sync.base import RunShape, Sync
+from train.sync.hogwild_worker import WorkerSpec, worker_main
+from train.sync.partition import balanced_blocks
+from train.sync.plsgd import broadcast_from_rank0
+from utilities.distributed import CommMeter, all_reduce_sum, is_distributed
+from utilities.flat_buffer import FlatBuffer, floating_state
+
+POLL_SECONDS = 0.002  # how often the averager looks at the node's step counter
+
+
+class LAPSGD(Sync):
+    partitioned = False
+
+    def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
+                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None):
+        super().__init__(meter)
+        if local_steps < 1:
+            raise ValueError(f"local_steps must be at least 1, got {local_steps}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.local_steps, self.workers, self.prepass_epochs = local_steps, workers, prepass_epochs
+        self.optimizer_name, self.optimizer_kwargs, self.schedule = optimizer, optimizer_kwargs, schedule
+        self.average_buffers = average_buffers
+        self.all_reduce = all_reduce or dist.all_reduce
+        self.context = mp.get_context("spawn")
+        self.node_steps = self.context.Value("q", 0)  # optimizer steps of all this node's workers
+        self.synced_at = 0  # node step count at the last averaging round
+        self.steps_during_rounds = 0  # node steps the workers took while a round was in flight
+        self.processes, self.worker_states = [], {}
+
+    @classmethod
+    def from_config(cls, config, meter: CommMeter, shape: RunShape):
+        kwargs = {"lr": config.lr, "momentum": config.momentum, "nesterov": config.nesterov,
+                  "weight_decay": config.weight_decay, "trust_coefficient": config.trust_coefficient,
+                  "exclude_bias_and_norm": config.lars_exclude_bias_norm}
+        return cls(meter, config.local_steps, config.workers_per_node, config.optimizer, kwargs, shape.schedule,
+                   config.prepass_epochs, config.average_buffers)
+
+    def prepare(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        broadcast_from_rank0(model)
+        model.share_memory()
+        self.state = FlatBuffer(floating_state(model, self.average_buffers))
+        self.rank = dist.get_rank() if is_distributed() else 0
+        self.world_size = dist.get_world_size() if is_distributed() else 1
+        return model
+
+    def worker_blocks(self) -> list:
+        return [None] * self.workers
+
+    def start_workers(self, train: TrainBatches) -> None:
+        train.images.share_memory_()
+        train.labels.share_memory_()
+        threads = max(1, torch.get_num_threads() // self.workers)
+        self.commands = [self.context.SimpleQueue() for _ in range(self.workers)]
+        self.results = self.context.Queue()
+        for index, block in enumerate(self.worker_blocks()):
+            # Worker w of rank r reads shard r*P + w of W*P: the node's shard, split P ways.
+            data = copy.copy(train)
+            data.rank, data.world_size = self.rank * self.workers + index, self.world_size * self.workers
+            data.shard_size = len(train.images) // data.world_size
+            data.steps_per_epoch = data.shard_size // train.batch_size
+            spec = WorkerSpec(self.rank, self.workers, self.optimizer_name, self.optimizer_kwargs, self.schedule,
+                              threads, block, self.prepass_epochs, self.worker_states.get(index))
+            process = self.context.Process(target=worker_main, daemon=True, name=f"hogwild-{self.rank}-{index}",
+                                           args=(index, spec, self.model, data, self.commands[index], self.results,
+                                                 self.node_steps))
+            process.start()
+            self.processes.append(process)
+        for _ in self.processes:  # start-up (imports) is not training time
+            self.results.get(timeout=300)
+
+    def check_workers(self) -> None:
+        for index, process in enumerate(self.processes):
+            if process.exitcode is not None:
+                raise RuntimeError(f"worker {index} of rank {self.rank} exited with code {process.exitcode}")
+
+    def train_epoch(self, epoch: int, trainer) -> dict:
+        if not self.processes:
+            self.start_workers(trainer.data.train)
+        lr = self.schedule.lr_at(self.node_steps.value)
+        started = time.perf_counter()
+        for commands in self.commands:
+            commands.put(epoch)
+        reports = {}
+        while len(reports) < self.workers:
+            self.average_when_due()
+            try:
+                index, *report = self.results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                self.check_workers()
+                continue
+            reports[index] = report
+        self.average_when_due()
+        seconds = time.perf_counter() - started
+        self.worker_states = {index: report[3] for index, report in reports.items()}
+        trainer.progress.step = self.node_steps.value
+        loss, correct, images = (sum(report[i] for report in reports.values()) for i in range(3))
+        loss, correct, images = all_reduce_sum([loss, correct, images], trainer.device)
+        return {"lr": lr, "train_loss": loss / images, "train_accuracy": correct / images,
+                "images_per_second": images / seconds, "train_seconds": seconds,
+                "node_steps_during_sync": self.steps_during_rounds}
+
+    def average_when_due(self) -> None:
+        while self.node_steps.value - self.synced_at >= self.local_steps:
+            self.synced_at += self.local_steps
+            self.average_in_place()
+
+    def average_in_place(self) -> None:
+        """One round that never stops the workers: live = mean(snapshot) + (live - snapshot)."""
+        if not is_distributed():
+            return
+        self.meter.count_round()
+        snapshot = self.state.gather()
+        average = snapshot.clone()
+        steps_before = self.node_steps.value
+        started = time.perf_counter()
+        self.all_reduce(average)
+        self.meter.record(average, time.perf_counter() - started)
+        average.div_(self.world_size)
+        sizes = [t.numel() for t in self.state.tensors]
+        with torch.no_grad():
+            for tensor, before, mean in zip(self.state.tensors, torch.split(snapshot, sizes), torch.split(average, sizes)):
+                # live - snapshot is what the workers did meanwhile (exactly 0 if nothing): keep it on the mean.
+                tensor.sub_(before.view_as(tensor)).add_(mean.view_as(tensor))
+        self.steps_during_rounds += self.node_steps.value - steps_before
+
+    @contextlib.contextmanager
+    def eval_model(self):
+        """Workers are idle between epochs; nodes differ until the next round, so evaluate their average."""
+        if self.node_steps.value == self.synced_at or not is_distributed():
+            yield self.model
+            return
+        averaged = copy.deepcopy(self.model)
+        FlatBuffer(floating_state(averaged, include_buffers=True)).average()  # evaluation, not training traffic
+        yield averaged
+
+    def finish(self) -> None:
+        """Stop the workers, then one last exact average so every node holds the same model."""
+        for commands in getattr(self, "commands", []):
+            commands.put(None)
+        for process in self.processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+        self.processes = []
+        if self.node_steps.value != self.synced_at and is_distributed():
+            self.synced_at = self.node_steps.value
+            self.meter.count_round()
+            self.state.average(self.meter)  # no worker runs now: copy the average itself, bit for bit
+
+    def state_dict(self) -> dict:
+        return {"node_steps": self.node_steps.value, "synced_at": self.synced_at,
+                "steps_during_rounds": self.steps_during_rounds, "worker_states": self.worker_states}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.node_steps.value, self.synced_at = state["node_steps"], state["synced_at"]
+        self.steps_during_rounds, self.worker_states = state["steps_during_rounds"], state["worker_states"]
+
+
+class LPPSGD(LAPSGD):
+    partitioned = True
+
+    def worker_blocks(self) -> list:
+        sizes = [p.numel() for p in self.model.parameters()]
+        return balanced_blocks(sizes, self.workers)

@@ -1,0 +1,86 @@
+"""One Hogwild!-style worker process of LAPSGD/LPPSGD.
+
+It trains the node's shared-memory model in place, lock-free, on its own part of the node's
+shard, with its own optimizer (momentum is never shared or averaged). The node-wide step
+counter drives the learning-rate schedule and tells the averager when J steps have passed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from dataloaders import TrainBatches
+from train.optimizers import build_optimizer
+from train.schedules import Schedule
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs besides the shared model and data, all picklable."""
+
+    node_rank: int
+    workers: int
+    optimizer: str
+    optimizer_kwargs: dict
+    schedule: Schedule
+    threads: int
+    block: Optional[tuple] = None  # (start, stop) parameter indices of this worker's LPPSGD partition
+    prepass_epochs: int = 0
+    optimizer_state: Optional[dict] = None
+
+
+def use_block(parameters: list, block: Optional[tuple]) -> None:
+    """Let autograd compute gradients only for ``block`` (all parameters when None).
+
+    ``requires_grad`` is a property of this process's Parameter objects, not of the shared
+    storage, so every worker sets its own: backpropagation stops below the earliest layer it owns.
+    """
+    for index, parameter in enumerate(parameters):
+        parameter.requires_grad_(block is None or block[0] <= index < block[1])
+
+
+def hogwild_step(model, optimizer, inputs, targets, parameters, block) -> tuple:
+    """One lock-free step on the shared model: (loss sum, correct) of the batch."""
+    use_block(parameters, block)
+    logits = model(inputs)
+    loss = F.cross_entropy(logits, targets)
+    loss.backward()
+    optimizer.step()  # parameters without a gradient (outside the block) are left untouched
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach().double() * len(targets), (logits.detach().argmax(dim=1) == targets).sum()
+
+
+def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps) -> None:
+    """Process entry: run the epochs the coordinator asks for until it sends None."""
+    os.environ["OMP_NUM_THREADS"] = str(spec.threads)
+    torch.set_num_threads(spec.threads)
+    parameters = list(model.parameters())
+    optimizer = build_optimizer(spec.optimizer, parameters, **spec.optimizer_kwargs)
+    if spec.optimizer_state is not None:
+        optimizer.load_state_dict(spec.optimizer_state)
+    model.train()
+    results.put(("ready", index))
+    while (epoch := commands.get()) is not None:
+        partitioned = spec.block is not None and epoch >= spec.prepass_epochs
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        images = 0
+        for step, (inputs, targets) in enumerate(train.epoch(epoch)):
+            lr = spec.schedule.lr_at(node_steps.value)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # After the prepass, partitioned steps alternate with full steps (LPP-SGD).
+            block = spec.block if partitioned and step % 2 == 0 else None
+            step_loss, step_correct = hogwild_step(model, optimizer, inputs, targets, parameters, block)
+            with node_steps.get_lock():
+                node_steps.value += 1
+            loss_sum += step_loss
+            correct += step_correct
+            images += len(targets)
+        use_block(parameters, None)
+        results.put((index, loss_sum.item(), correct.item(), images, optimizer.state_dict()))
