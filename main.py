@@ -20,12 +20,13 @@ import torch
 
 from dataloaders import DataError, build_data
 from models import apply_ghost_batch_norm, build_model
-from train.loop import LoopSettings, Trainer, TrainingDiverged
+from train.loop import LoopSettings, ReplicasDiffer, Trainer, TrainingDiverged
 from train.optimizers import build_optimizer
 from train.schedules import Schedule, default_warmup_start, scaled_lr
 from train.sync import SYNC_TYPES, RunShape, build_sync
 from utilities import distributed
-from utilities.checkpoint import CheckpointError, load_checkpoint, newest_valid_checkpoint
+from utilities.checkpoint import (CheckpointError, checkpoint_epoch, checkpoint_path, load_checkpoint,
+                                  newest_valid_checkpoint, rank_path)
 from utilities.config import Config, ConfigError, parse_config
 from utilities.run_files import RunFiles, code_version, holds_a_run
 
@@ -67,18 +68,36 @@ def build_schedule(config: Config, optimizer, steps_per_epoch: int, total_steps:
     return schedule, peak_lr
 
 
-def resume_state(config: Config, checkpoints: str, device) -> dict | None:
+def resume_state(config: Config, checkpoints: str, rank: int, device) -> dict | None:
+    """This rank's checkpoint to continue from. Rank 0 picks the epoch (--resume auto: the newest that
+    verifies) and every rank loads its own state of that epoch, so all ranks resume the same point."""
     if not config.resume:
         return None
     if config.resume == "auto":
-        found = newest_valid_checkpoint(checkpoints, device)
-        return found[1] if found else None
-    return load_checkpoint(config.resume, device)
+        found = newest_valid_checkpoint(checkpoints, device) if rank == 0 else None
+        epoch = distributed.broadcast_int(checkpoint_epoch(found[0]) if found else 0, device)
+        if epoch == 0:
+            return None
+        path = checkpoint_path(checkpoints, epoch)
+    else:
+        path = config.resume
+    own = rank_path(path, rank)
+    return load_checkpoint(own if os.path.exists(own) else path, device)
+
+
+def clear_run(output_dir: str) -> None:
+    """--overwrite: remove the previous run's outputs (only once the new run has started cleanly)."""
+    for name in ("metrics.jsonl", "summary.json", "checkpoints", "model.pt", "tensorboard"):
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def train(config: Config) -> None:
     if config.training_type not in SYNC_TYPES:
-        raise ConfigError(f"--training-type {config.training_type} is not implemented yet; available: "
+        raise ConfigError(f"--training-type {config.training_type} is not available; choose one of: "
                           f"{', '.join(SYNC_TYPES)}")
     if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
         raise ConfigError("--workers-per-node (--num-processes) is for --training-type LPPSGD or LAPSGD")
@@ -90,10 +109,6 @@ def train(config: Config) -> None:
     set_threads(launch)
     distributed.init_distributed(launch, backend, config.timeout, config.dist_url)
     is_main = launch.rank == 0
-    if is_main and config.overwrite:
-        for name in ("metrics.jsonl", "summary.json", "checkpoints", "model.pt", "tensorboard"):
-            path = os.path.join(output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
     seed_everything(config.seed, config.deterministic)
 
     data = build_data(config.dataset, config.data_dir, config.download, config.synthetic_size, config.test_ratio,
@@ -122,59 +137,74 @@ def train(config: Config) -> None:
     sync = build_sync(config.training_type, config, meter,
                       RunShape(micro_batches, steps_per_epoch, epochs, schedule))
 
-    files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
     settings = LoopSettings(epochs=epochs, max_steps=max_steps, micro_batches=micro_batches,
-                            eval_every=config.eval_every, log_every=config.log_every)
-    trainer = Trainer(model, optimizer, scheduler, sync, data, files, settings, meter, device, is_main)
-    trainer.identity = {"training_type": config.training_type, "model": config.model, "dataset": config.dataset}
-    state = resume_state(config, files.checkpoints, device)
+                            eval_every=config.eval_every, log_every=config.log_every,
+                            keep_checkpoints=config.keep_checkpoints, epochs_per_job=config.epochs_per_job,
+                            on_nan=config.on_nan, check_replicas=config.check_replicas)
+    files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
+    trainer = Trainer(model, optimizer, scheduler, sync, data, files, settings, meter, device, launch.rank)
+    trainer.identity = {"training_type": config.training_type, "model": config.model, "dataset": config.dataset,
+                        "world_size": launch.world_size}
+    state = resume_state(config, files.checkpoints, launch.rank, device)
+    if state is not None and state.get("identity") != trainer.identity:
+        raise CheckpointError(f"the checkpoint belongs to another run ({state.get('identity')}); it cannot "
+                              f"resume {trainer.identity}")
+    # Only now, with every input checked, is anything in the output folder changed.
+    if is_main and config.overwrite:
+        clear_run(output_dir)
     if state is not None:
-        if state.get("identity") != trainer.identity:
-            raise CheckpointError(f"checkpoint is of another run ({state.get('identity')}); it cannot resume "
-                                  f"{trainer.identity}")
         trainer.load_checkpoint_state(state)
-        files.keep_metrics_up_to(trainer.progress.epoch)
+    files.restore_metrics(trainer.progress.rows)
     files.write_config(config.to_dict(), {"run": {
         "code_version": code_version(), "torch_version": str(torch.__version__), "launcher": launch.launcher,
         "world_size": launch.world_size, "backend": backend if launch.world_size > 1 else "none",
         "device": str(device), "global_batch": config.batch_size * launch.world_size, "peak_lr": peak_lr,
-        "steps_per_epoch": steps_per_epoch, "micro_batches": micro_batches, "train_size": data.train_size}})
+        "steps_per_epoch": steps_per_epoch, "micro_batches": micro_batches, "train_size": data.train_size,
+        "resumed_from_epoch": trainer.progress.epoch}})
     if is_main:
         print(f"{config.training_type} on {launch.world_size} rank(s) via {launch.launcher} ({backend}, {device}): "
               f"{config.model} on {config.dataset}, {epochs} epochs x {steps_per_epoch} steps, "
-              f"global batch {config.batch_size * launch.world_size}, peak lr {peak_lr:.4g}", file=sys.stderr)
+              f"global batch {config.batch_size * launch.world_size}, peak lr {peak_lr:.4g}"
+              + (f", resuming after epoch {trainer.progress.epoch}" if state is not None else ""), file=sys.stderr)
 
     summary = trainer.run()
-    summary["training_type"] = config.training_type
-    files.write_summary(summary)
-    files.save_model(model.state_dict())
+    if summary is None:
+        if is_main:
+            print(f"stopped after epoch {trainer.progress.epoch} (--epochs-per-job); continue with --resume auto",
+                  file=sys.stderr)
+    else:
+        summary["training_type"] = config.training_type
+        files.write_summary(summary)
+        files.save_model(model.state_dict())
+        if is_main:
+            print(f"done: test accuracy {summary['final_test_accuracy']:.4f}, {summary['comm_rounds']} rounds, "
+                  f"{summary['comm_bytes'] / 1e6:.1f} MB sent per rank; outputs in {output_dir}", file=sys.stderr)
     files.close()
-    if is_main:
-        print(f"done: test accuracy {summary['final_test_accuracy']:.4f}, {summary['comm_rounds']} rounds, "
-              f"{summary['comm_bytes'] / 1e6:.1f} MB sent per rank; outputs in {output_dir}", file=sys.stderr)
     if distributed.is_distributed():
+        # Every rank leaves together: tearing Gloo down while a peer still talks can abort the process.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
 def main(argv=None) -> int:
     try:
         config = parse_config(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
         train(config)
-    except (ConfigError, DataError, CheckpointError, ValueError) as error:
+    except (ConfigError, DataError, CheckpointError, distributed.LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"error: training diverged: {error}", file=sys.stderr)
         return 3
-    except RuntimeError as error:
-        if "nccl" in str(error).lower() or "gpu" in str(error).lower():
-            print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-            return 2
-        raise
+    except ReplicasDiffer as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    except (torch.distributed.DistError, RuntimeError) as error:
+        if not distributed.is_distributed():
+            raise  # one process: a real bug, whose traceback is worth reading
+        print(f"error: rank {torch.distributed.get_rank()} lost contact with the other ranks (one died, timed out "
+              f"after --timeout, or the network failed): {str(error).splitlines()[0][:300]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -70,7 +70,7 @@ def _read_idx(path: str) -> np.ndarray:
     """An MNIST idx file, gzipped or not (header: magic with the rank in its last byte, then the sizes)."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as handle:
-        payload = handle.read()
+        payload = bytearray(handle.read())  # writable, so torch can share the memory without a warning
     rank = payload[3]
     shape = np.frombuffer(payload, dtype=">i4", count=rank, offset=4)
     return np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape)

@@ -10,7 +10,7 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class ReplicasDiffer(RuntimeError):
+    """--check-replicas found ranks holding different models right after a sync."""
+
+
 @dataclass
 class LoopSettings:
     epochs: int
@@ -34,6 +38,9 @@ class LoopSettings:
     eval_every: int = 1
     log_every: int = 50
     keep_checkpoints: int = 0  # 0 = keep all
+    epochs_per_job: int = 0  # stop (checkpointed, resumable) after this many epochs; 0 = run to the end
+    on_nan: str = "stop"  # stop, or skip the step
+    check_replicas: bool = False
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Progress:
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
     best_val_accuracy: float = 0.0
+    skipped_steps: int = 0  # steps dropped for a non-finite loss (--on-nan skip)
+    rows: list = field(default_factory=list)  # metrics.jsonl so far, restored exactly on resume
 
 
 def evaluate(model: torch.nn.Module, batches: EvalBatches, device: torch.device) -> tuple:
@@ -65,10 +74,10 @@ def evaluate(model: torch.nn.Module, batches: EvalBatches, device: torch.device)
 
 class Trainer:
     def __init__(self, model, optimizer, scheduler, sync: Sync, data: Data, files: RunFiles,
-                 settings: LoopSettings, meter: CommMeter, device: torch.device, is_main: bool):
+                 settings: LoopSettings, meter: CommMeter, device: torch.device, rank: int = 0):
         self.model, self.optimizer, self.scheduler, self.sync = model, optimizer, scheduler, sync
         self.data, self.files, self.settings, self.meter = data, files, settings, meter
-        self.device, self.is_main = device, is_main
+        self.device, self.rank, self.is_main = device, rank, rank == 0
         self.progress = Progress()
         self.train_model = sync.prepare(model, optimizer)
         self.identity = {}  # set by main: what a checkpoint must match to be resumed
@@ -77,7 +86,7 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         return {
             "identity": self.identity,
-            "progress": vars(self.progress).copy(),
+            "progress": {**vars(self.progress), "rows": list(self.progress.rows)},
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -116,16 +125,23 @@ class Trainer:
                 (loss * (len(y) / len(targets))).backward()
             loss_sum = loss_sum + loss.detach() * len(y)
             correct = correct + (logits.detach().argmax(dim=1) == y).sum()
-        if not torch.isfinite(loss_sum):
+        finite = bool(torch.isfinite(loss_sum))
+        if not finite and self.settings.on_nan == "stop":
             lr = self.optimizer.param_groups[0]["lr"]
             raise TrainingDiverged(f"loss is {loss_sum.item() / len(targets)} at step {self.progress.step} "
-                                   f"(lr {lr:.4g}); lower --lr or add --warmup-epochs")
+                                   f"(lr {lr:.4g}); lower --lr, add --warmup-epochs, or pass --on-nan skip")
         self.sync.before_step(self.progress.step)
-        self.optimizer.step()
+        if finite:
+            self.optimizer.step()
+        else:  # --on-nan skip: drop this update; the sync hooks still run so every rank makes the same collectives
+            self.progress.skipped_steps += 1
+            loss_sum, correct = torch.zeros_like(loss_sum), torch.zeros_like(correct)
         self.optimizer.zero_grad(set_to_none=True)
         self.sync.after_step(self.progress.step)  # before the scheduler: SlowMo needs this step's LR
         self.scheduler.step()
         self.progress.step += 1
+        if self.settings.check_replicas and self.sync.replicas_agree_now() and not replicas_identical(self.model):
+            raise ReplicasDiffer(f"ranks hold different models right after the sync of step {self.progress.step}")
         return loss_sum, correct
 
     def train_epoch(self, epoch: int) -> dict:
@@ -163,9 +179,11 @@ class Trainer:
         return {"val_loss": val_loss, "val_accuracy": val_accuracy, "test_loss": test_loss,
                 "test_accuracy": test_accuracy}
 
-    def run(self) -> dict:
-        """Train from ``self.progress`` to the end; returns the summary."""
+    def run(self):
+        """Train from ``self.progress`` to the end and return the summary (None when stopped early by
+        --epochs-per-job)."""
         comm_before = self.meter.snapshot()
+        first_epoch = self.progress.epoch
         for epoch in range(self.progress.epoch, self.settings.epochs):
             epoch_started = time.perf_counter()
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -184,14 +202,17 @@ class Trainer:
                        compute_seconds=row["train_seconds"] - (comm["comm_seconds"] - comm_before["comm_seconds"]))
             comm_before = comm
             self.log_epoch(row)
-            if self.is_main:
-                save_checkpoint(self.checkpoint_state(), self.files.checkpoints, epoch + 1,
-                                self.settings.keep_checkpoints)
+            save_checkpoint(self.checkpoint_state(), self.files.checkpoints, epoch + 1,
+                            self.settings.keep_checkpoints, self.rank)
             if self.finished_steps():
                 break
+            if self.settings.epochs_per_job and epoch + 1 - first_epoch >= self.settings.epochs_per_job \
+                    and epoch + 1 < self.settings.epochs:
+                return None  # a later job continues with --resume auto; no final sync that would alter the state
         return self.finish()
 
     def log_epoch(self, row: dict) -> None:
+        self.progress.rows.append(row)
         self.files.append_metrics(row)
         if self.is_main:
             shown = {k: row[k] for k in ("train_loss", "val_accuracy", "test_accuracy") if row.get(k) is not None}
@@ -223,5 +244,6 @@ class Trainer:
             "train_seconds": self.progress.train_seconds,
             "images_per_second": images / self.progress.train_seconds if self.progress.train_seconds else math.nan,
             "world_size": world_size(),
+            "skipped_steps": self.progress.skipped_steps,
             "replicas_identical": replicas_identical(self.model),
         }

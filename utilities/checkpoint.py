@@ -12,7 +12,7 @@ import hashlib
 import io
 import os
 import re
-import warnings
+import sys
 
 import torch
 
@@ -37,30 +37,42 @@ def atomic_torch_save(obj, path: str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def checkpoint_path(directory: str, epoch: int) -> str:
-    return os.path.join(directory, f"epoch-{epoch:05d}.pt")
+def checkpoint_path(directory: str, epoch: int, rank: int = 0) -> str:
+    """Rank 0's checkpoint of ``epoch``, or another rank's own state beside it."""
+    suffix = "" if rank == 0 else f".rank-{rank}"
+    return os.path.join(directory, f"epoch-{epoch:05d}{suffix}.pt")
 
 
-def save_checkpoint(state: dict, directory: str, epoch: int, keep: int = 0) -> str:
-    """Write ``state`` as the checkpoint of ``epoch``; keep the newest ``keep`` (0 = all)."""
+def rank_path(path: str, rank: int) -> str:
+    """The file holding ``rank``'s state next to rank 0's checkpoint ``path``."""
+    return path if rank == 0 else re.sub(r"\.pt$", f".rank-{rank}.pt", path)
+
+
+def save_checkpoint(state: dict, directory: str, epoch: int, keep: int = 0, rank: int = 0) -> str:
+    """Write ``state`` as ``rank``'s checkpoint of ``epoch``; keep that rank's newest ``keep`` (0 = all)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
-    path = checkpoint_path(directory, epoch)
+    path = checkpoint_path(directory, epoch, rank)
     atomic_write_bytes(path, payload)
     atomic_write_bytes(path + ".sha256", hashlib.sha256(payload).hexdigest().encode())
     if keep > 0:
-        for old in list_checkpoints(directory)[:-keep]:
+        for old in list_checkpoints(directory, rank)[:-keep]:
             for name in (old, old + ".sha256"):
                 if os.path.exists(name):
                     os.remove(name)
     return path
 
 
-def list_checkpoints(directory: str) -> list:
-    """Checkpoint files of a run, oldest first."""
-    paths = glob.glob(os.path.join(directory, "epoch-*.pt"))
-    return sorted(p for p in paths if re.fullmatch(r"epoch-\d+\.pt", os.path.basename(p)))
+def list_checkpoints(directory: str, rank: int = 0) -> list:
+    """One rank's checkpoint files of a run, oldest first."""
+    suffix = "" if rank == 0 else rf"\.rank-{rank}"
+    pattern = re.compile(rf"epoch-\d+{suffix}\.pt")
+    return sorted(p for p in glob.glob(os.path.join(directory, "epoch-*.pt")) if pattern.fullmatch(os.path.basename(p)))
+
+
+def checkpoint_epoch(path: str) -> int:
+    return int(re.search(r"epoch-(\d+)", os.path.basename(path)).group(1))
 
 
 def load_checkpoint(path: str, device="cpu") -> dict:
@@ -91,5 +103,5 @@ def newest_valid_checkpoint(directory: str, device="cpu"):
         try:
             return path, load_checkpoint(path, device)
         except CheckpointError as error:
-            warnings.warn(f"{error}; trying an older one")
+            print(f"warning: {error}; trying an older one", file=sys.stderr)
     return None

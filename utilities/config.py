@@ -99,8 +99,12 @@ class Config:
     seed: int = _field(0, "seed for the model, splits, shards and augmentation")
     deterministic: bool = _field(False, "deterministic kernels (slower)")
     output_dir: str = _field("", "run folder (default runs/<training-type>-<dataset>-<model>)")
-    resume: str = _field("", "continue a run: 'auto' (newest checkpoint) or a checkpoint path")
-    overwrite: bool = _field(False, "replace a finished run in --output-dir")
+    resume: str = _field("", "continue a run: 'auto' (newest valid checkpoint, or a fresh start if none) or a checkpoint path")
+    overwrite: bool = _field(False, "replace a run already in --output-dir")
+    keep_checkpoints: int = _field(0, "keep only the newest N epoch checkpoints per rank (0 = all)")
+    epochs_per_job: int = _field(0, "stop after this many epochs, checkpointed, for time-limited jobs; continue with --resume auto (0 = run to the end)")
+    on_nan: str = _field("stop", "a non-finite loss stops the run, or its step is skipped", ("stop", "skip"))
+    check_replicas: bool = _field(False, "after every sync verify (checksum all-reduce) that all ranks hold the same model")
     eval_every: int = _field(1, "evaluate every this many epochs")
     log_every: int = _field(50, "progress line every this many steps (rank 0)")
     tensorboard: bool = _field(False, "also write TensorBoard events under <output-dir>/tensorboard")
@@ -261,6 +265,7 @@ def validate(config: Config) -> None:
         if getattr(config, name) < 1:
             raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
     non_negative = ("max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
+                    "keep_checkpoints", "epochs_per_job",
                     "prepass_epochs", "slow_lr", "outer_lr")
     for name in non_negative:
         if getattr(config, name) < 0:

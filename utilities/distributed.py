@@ -18,6 +18,10 @@ import torch
 import torch.distributed as dist
 
 
+class LaunchError(RuntimeError):
+    """The requested device or backend cannot run here; the message says what to use instead."""
+
+
 @dataclass(frozen=True)
 class LaunchInfo:
     rank: int
@@ -84,7 +88,7 @@ def detect_launch(env=None) -> LaunchInfo:
 def pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no GPU is visible; use --device cpu")
+            raise LaunchError("--device cuda was asked for but no GPU is visible; use --device cpu")
         index = local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
@@ -93,7 +97,7 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
 
 def pick_backend(requested: str, device: torch.device) -> str:
     if requested == "nccl" and device.type != "cuda":
-        raise RuntimeError("--backend nccl needs a GPU on every rank; use --backend gloo on CPUs")
+        raise LaunchError("--backend nccl needs a GPU on every rank; use --backend gloo on CPUs")
     if requested == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     return requested
@@ -168,6 +172,15 @@ def all_reduce_mean(tensor: torch.Tensor, meter: Optional[CommMeter] = None, gro
     if meter is not None:
         meter.record(tensor, time.perf_counter() - started)
     return tensor
+
+
+def broadcast_int(value: int, device) -> int:
+    """Rank 0's ``value`` on every rank (the value itself in one process)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
 
 
 def all_reduce_sum(values: list, device: torch.device) -> list:

@@ -52,13 +52,11 @@ class RunFiles:
             text = yaml.safe_dump(config, sort_keys=False) + yaml.safe_dump(extra, sort_keys=False)
             atomic_write_bytes(self.path("config.yaml"), text.encode())
 
-    def keep_metrics_up_to(self, epoch: int) -> None:
-        """On resume, drop rows of epochs after the checkpoint so re-run epochs are not listed twice."""
-        if not self.enabled or not os.path.exists(self.path("metrics.jsonl")):
-            return
-        with open(self.path("metrics.jsonl")) as handle:
-            rows = [line for line in handle if line.strip() and json.loads(line)["epoch"] <= epoch]
-        atomic_write_bytes(self.path("metrics.jsonl"), "".join(rows).encode())
+    def restore_metrics(self, rows: list) -> None:
+        """On resume, metrics.jsonl becomes exactly the rows the checkpoint had seen (epochs run after it are
+        run again, and a row written just before a crash without its checkpoint is not kept twice)."""
+        if self.enabled:
+            atomic_write_bytes(self.path("metrics.jsonl"), "".join(json.dumps(row) + "\n" for row in rows).encode())
 
     def append_metrics(self, row: dict) -> None:
         if not self.enabled:

@@ -55,6 +55,10 @@ class Sync:
         """React to an epoch's reduced metrics; return extra figures to log (e.g. the current J)."""
         return {}
 
+    def replicas_agree_now(self) -> bool:
+        """True right after a step that left every rank with the same parameters (--check-replicas)."""
+        return False
+
     @contextlib.contextmanager
     def eval_model(self):
         """The model every rank evaluates; identical on all ranks."""

@@ -57,6 +57,9 @@ class MBSGD(Sync):
     def no_sync(self):
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
+    def replicas_agree_now(self) -> bool:
+        return True
+
     def after_step(self, step: int) -> None:
         if self.ddp is None:
             return

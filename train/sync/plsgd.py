@@ -61,6 +61,9 @@ class PLSGD(Sync):
         if self.steps_since_sync >= self.current_local_steps(step):
             self.synchronize()
 
+    def replicas_agree_now(self) -> bool:
+        return self.steps_since_sync == 0
+
     def current_local_steps(self, step: int) -> int:
         return self.local_steps
 
