@@ -11,6 +11,7 @@ Bad input ends with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -66,6 +67,15 @@ def build_schedule(config: Config, optimizer, steps_per_epoch: int, total_steps:
                         kind=config.lr_schedule, milestone_steps=tuple(m * steps_per_epoch for m in config.milestones),
                         gamma=config.gamma)
     return schedule, peak_lr
+
+
+@contextlib.contextmanager
+def settings_checked_by_constructors():
+    """Constructors check their arguments with ValueError naming them: here that is bad input."""
+    try:
+        yield
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def resume_state(config: Config, checkpoints: str, rank: int, device) -> dict | None:
@@ -124,18 +134,19 @@ def train(config: Config) -> None:
     total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
     micro_batches = max(config.accumulation_steps, math.ceil(config.batch_size / config.max_micro_batch))
 
-    model = build_model(config.model, data.channels, data.image_size, data.num_classes).to(device)
-    if config.ghost_batch_size:
-        apply_ghost_batch_norm(model, config.ghost_batch_size)
-    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay,
-                                trust_coefficient=config.trust_coefficient,
-                                exclude_bias_and_norm=config.lars_exclude_bias_norm)
-    schedule, peak_lr = build_schedule(config, optimizer, steps_per_epoch, total_steps, launch.world_size)
-    scheduler = schedule.scheduler(optimizer)
-    meter = distributed.CommMeter()
-    sync = build_sync(config.training_type, config, meter,
-                      RunShape(micro_batches, steps_per_epoch, epochs, schedule))
+    with settings_checked_by_constructors():
+        model = build_model(config.model, data.channels, data.image_size, data.num_classes).to(device)
+        if config.ghost_batch_size:
+            apply_ghost_batch_norm(model, config.ghost_batch_size)
+        optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    nesterov=config.nesterov, weight_decay=config.weight_decay,
+                                    trust_coefficient=config.trust_coefficient,
+                                    exclude_bias_and_norm=config.lars_exclude_bias_norm)
+        schedule, peak_lr = build_schedule(config, optimizer, steps_per_epoch, total_steps, launch.world_size)
+        scheduler = schedule.scheduler(optimizer)
+        meter = distributed.CommMeter()
+        sync = build_sync(config.training_type, config, meter,
+                          RunShape(micro_batches, steps_per_epoch, epochs, schedule))
 
     settings = LoopSettings(epochs=epochs, max_steps=max_steps, micro_batches=micro_batches,
                             eval_every=config.eval_every, log_every=config.log_every,
@@ -209,4 +220,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written and the process group is gone; skip interpreter teardown, where a
+    # communication thread destroyed late can abort the process after a successful run.
+    os._exit(exit_code)

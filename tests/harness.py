@@ -16,6 +16,8 @@ import torch.multiprocessing as mp
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+LEARN_ARGS = ["--dataset", "synthetic", "--synthetic-size", "4000", "--model", "mlp", "--batch-size", "32",
+              "--epochs", "2", "--log-every", "1000"]
 TINY = ["--dataset", "synthetic", "--synthetic-size", "2000", "--model", "lenet5", "--batch-size", "32",
         "--epochs", "1", "--log-every", "1000"]
 

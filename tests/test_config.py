@@ -80,6 +80,16 @@ NON_DEFAULT = {
     "backend": "gloo",
     "dist_url": "tcp://10.0.0.1:23456",
     "timeout": 60.0,
+    "keep_checkpoints": 3,
+    "epochs_per_job": 2,
+    "on_nan": "skip",
+    "check_replicas": True,
+    "grad_compression": "fp16",
+    "bucket_cap_mb": 5.0,
+    "overlap": True,
+    "sync_dtype": "bf16",
+    "hierarchy": [2, 8],
+    "ranks_per_node": 2,
 }
 
 

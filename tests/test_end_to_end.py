@@ -19,7 +19,8 @@ def test_torchrun_two_ranks_mbsgd_writes_every_output_and_learns(tmp_path):
     check_ok(run_main([*LEARN, "--training-type", "MBSGD", "--output-dir", str(tmp_path)], nproc=2))
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "model.pt"):
         assert (tmp_path / name).exists(), name
-    assert len(list((tmp_path / "checkpoints").glob("epoch-*.pt"))) == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*.pt")) == [
+        "epoch-00001.pt", "epoch-00001.rank-1.pt", "epoch-00002.pt", "epoch-00002.rank-1.pt"]
     rows = metrics(tmp_path)
     assert [row["epoch"] for row in rows] == [1, 2]
     assert METRIC_FIELDS <= set(rows[0])

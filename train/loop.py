@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -245,5 +246,7 @@ class Trainer:
             "images_per_second": images / self.progress.train_seconds if self.progress.train_seconds else math.nan,
             "world_size": world_size(),
             "skipped_steps": self.progress.skipped_steps,
+            # Peak resident memory of this process (rank 0), in MB; Linux reports ru_maxrss in KiB.
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "replicas_identical": replicas_identical(self.model),
         }

@@ -63,5 +63,6 @@ class Schedule:
 
 
 def default_warmup_start(base_lr: float, peak_lr: float) -> float:
-    """Goyal et al. start warmup at the unscaled LR; with no scaling, start at a tenth of the peak."""
-    return base_lr if peak_lr != base_lr else peak_lr / 10
+    """Goyal et al. warm up from the unscaled LR to the larger scaled one; otherwise (no scaling, or a
+    scaled LR below the base) warmup starts at a tenth of the peak, so it always rises."""
+    return base_lr if peak_lr > base_lr else peak_lr / 10

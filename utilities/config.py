@@ -17,7 +17,8 @@ import yaml
 
 from utilities import config_aliases
 
-TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD")
+TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD",
+                  "TorchPeriodicAverager")
 DATASETS = ("cifar10", "cifar100", "mnist", "synthetic", "npy")
 MODELS = ("lenet5", "lenet5w", "resnet20", "resnet18", "vgg11", "mlp")
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
@@ -113,6 +114,12 @@ class Config:
     device: str = _field("auto", "compute device", ("auto", "cpu", "cuda"))
     backend: str = _field("auto", "collective backend (auto: NCCL when every rank has a GPU, else Gloo)", ("auto", "gloo", "nccl"))
     dist_url: str = _field("", "init method such as tcp://host:port (default: from the launcher)")
+    grad_compression: str = _field("none", "MBSGD: gradients sent in this precision (DDP communication hook)", ("none", "fp16", "bf16"))
+    bucket_cap_mb: float = _field(25.0, "MBSGD: DDP gradient bucket size in MB")
+    overlap: bool = _field(False, "PLSGD/SlowMo: start the averaging all-reduce without blocking, apply it one local step later")
+    sync_dtype: str = _field("fp32", "PLSGD/SlowMo/AdaptiveJ: send the change since the last sync in this precision, error kept locally", ("fp32", "bf16", "fp16"))
+    hierarchy: list = _field([], "PLSGD: J_node J_global: average within each node every J_node steps, across nodes every J_global")
+    ranks_per_node: int = _field(0, "ranks that share a node for --hierarchy (0 = from the launcher)")
     timeout: float = _field(300.0, "seconds a collective may wait before the run fails")
 
     def resolved_output_dir(self) -> str:
@@ -287,5 +294,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"--timeout must be positive, got {config.timeout}")
     if config.nesterov and config.momentum == 0:
         raise ConfigError("--nesterov needs --momentum > 0")
+    if config.hierarchy and len(config.hierarchy) != 2:
+        raise ConfigError("--hierarchy takes two values: J_node J_global")
     if len(config.adaptive_thresholds) != 3:
         raise ConfigError("--adaptive-thresholds takes three values: early middle late")

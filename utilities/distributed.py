@@ -109,13 +109,32 @@ def init_distributed(launch: LaunchInfo, backend: str, timeout_s: float, init_me
         return
     os.environ.setdefault("MASTER_ADDR", launch.master_addr)
     os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not init_method and "TORCHELASTIC_RESTART_COUNT" in os.environ:
+        store = _torchrun_store(launch, timeout)
+        dist.init_process_group(backend=backend, store=store, rank=launch.rank, world_size=launch.world_size,
+                                timeout=timeout)
+        return
     dist.init_process_group(
         backend=backend,
         init_method=init_method or f"tcp://{launch.master_addr}:{launch.master_port}",
         rank=launch.rank,
         world_size=launch.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
+        timeout=timeout,
     )
+
+
+def _torchrun_store(launch: LaunchInfo, timeout: datetime.timedelta):
+    """The rendezvous store under torchrun, with keys private to this restart attempt.
+
+    After ``--max-restarts`` brings a job back, the agent's store still holds the addresses
+    the dead attempt's ranks published; without a per-attempt prefix the new ranks would
+    try to connect to them.
+    """
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size,
+                          is_master=not agent_serves and launch.rank == 0, timeout=timeout)
+    return dist.PrefixStore(f"attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def is_distributed() -> bool:

@@ -8,6 +8,7 @@ from train.sync.hogwild import LAPSGD, LPPSGD
 from train.sync.mbsgd import MBSGD
 from train.sync.plsgd import PLSGD, PostLocalSGD
 from train.sync.slowmo import DiLoCo, SlowMo
+from train.sync.torch_averager import TorchPeriodicAverager
 from utilities.distributed import CommMeter
 
 SYNC_TYPES = {
@@ -19,6 +20,7 @@ SYNC_TYPES = {
     "AdaptiveJ": AdaptiveJ,
     "LAPSGD": LAPSGD,
     "LPPSGD": LPPSGD,
+    "TorchPeriodicAverager": TorchPeriodicAverager,  # baseline: torch.distributed's PeriodicModelAverager
 }
 
 

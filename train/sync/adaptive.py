@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from train.sync.base import RunShape
-from train.sync.plsgd import PLSGD
+from train.sync.plsgd import PLSGD, averaging_options
 from utilities.distributed import CommMeter, is_distributed
 
 RULES = ("threshold", "trend")
@@ -76,17 +76,18 @@ class LocalStepsController:
 
 class AdaptiveJ(PLSGD):
     def __init__(self, meter: CommMeter, controller: LocalStepsController, average_buffers: bool = True,
-                 momentum_sync: str = "local"):
-        super().__init__(meter, controller.local_steps, average_buffers, momentum_sync)
+                 momentum_sync: str = "local", **averaging):
+        super().__init__(meter, controller.local_steps, average_buffers, momentum_sync, **averaging)
         self.controller = controller
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
         controller = LocalStepsController(config.local_steps, config.min_local_steps, config.max_local_steps,
                                           config.adaptive_rule, config.adaptive_thresholds, shape.epochs)
-        return cls(meter, controller, config.average_buffers, config.momentum_sync)
+        return cls(meter, controller, config.average_buffers, config.momentum_sync, **averaging_options(config))
 
     def after_epoch(self, epoch: int, metrics: dict) -> dict:
+        super().after_epoch(epoch, metrics)
         if metrics.get("val_loss") is not None:
             decided = self.controller.update(epoch, metrics["val_loss"])
             self.local_steps = self.broadcast_decision(decided)

@@ -15,32 +15,47 @@ from train.sync.base import RunShape, Sync
 from utilities.distributed import CommMeter, is_distributed
 
 
-def counted_allreduce_hook(meter: CommMeter, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP's default all-reduce of a gradient bucket (mean over ranks), counted in ``meter``.
+WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def counted_allreduce_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP's all-reduce of a gradient bucket (mean over ranks), optionally sent in fp16/bf16 (as DDP's
+    fp16_compress_hook does), and counted in the meter with the bytes that actually go on the wire.
 
     DDP overlaps these with the backward pass, so the seconds recorded are the time each
     bucket's all-reduce was in flight, not time the step waited for it.
     """
-    tensor = bucket.buffer()
-    tensor.div_(dist.get_world_size())
+    meter, wire_dtype = state
+    buffer = bucket.buffer()
+    message = buffer if wire_dtype is None else buffer.to(wire_dtype)
+    message.div_(dist.get_world_size())
     started = time.perf_counter()
-    future = dist.all_reduce(tensor, async_op=True).get_future()
+    future = dist.all_reduce(message, async_op=True).get_future()
 
     def finished(done):
-        meter.record(tensor, time.perf_counter() - started)
-        return done.value()[0]
+        meter.record(message, time.perf_counter() - started)
+        if wire_dtype is None:
+            return done.value()[0]
+        buffer.copy_(done.value()[0])
+        return buffer
 
     return future.then(finished)
 
 
 class MBSGD(Sync):
-    def __init__(self, meter: CommMeter, micro_batches: int = 1):
+    def __init__(self, meter: CommMeter, micro_batches: int = 1, grad_compression: str = "none",
+                 bucket_cap_mb: float = 25.0):
         super().__init__(meter)
-        self.micro_batches = micro_batches
+        if grad_compression not in WIRE_DTYPES:
+            raise ValueError(f"grad_compression must be one of {tuple(WIRE_DTYPES)}, got {grad_compression!r}")
+        if bucket_cap_mb <= 0:
+            raise ValueError(f"bucket_cap_mb must be positive, got {bucket_cap_mb}")
+        self.micro_batches, self.bucket_cap_mb = micro_batches, bucket_cap_mb
+        self.wire_dtype = WIRE_DTYPES[grad_compression]
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape) -> "MBSGD":
-        return cls(meter, shape.micro_batches)
+        return cls(meter, shape.micro_batches, config.grad_compression, config.bucket_cap_mb)
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -48,8 +63,8 @@ class MBSGD(Sync):
             self.ddp = None
             return model
         device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
-        self.ddp = DistributedDataParallel(model, device_ids=device_ids)
-        self.ddp.register_comm_hook(self.meter, counted_allreduce_hook)
+        self.ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb)
+        self.ddp.register_comm_hook((self.meter, self.wire_dtype), counted_allreduce_hook)
         # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every training forward.
         self.buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
         return self.ddp

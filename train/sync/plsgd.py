@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 from train.sync.base import RunShape, Sync
+from train.sync.averaging import Averager
 from utilities.distributed import CommMeter, all_reduce_mean, is_distributed
 from utilities.flat_buffer import FlatBuffer, floating_state
 
@@ -35,49 +38,81 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
 
 class PLSGD(Sync):
     def __init__(self, meter: CommMeter, local_steps: int, average_buffers: bool = True,
-                 momentum_sync: str = "local"):
+                 momentum_sync: str = "local", overlap: bool = False, sync_dtype: str = "fp32",
+                 hierarchy: Optional[tuple] = None, ranks_per_node: int = 0):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
         if momentum_sync not in MOMENTUM_SYNC:
             raise ValueError(f"momentum_sync must be one of {MOMENTUM_SYNC}, got {momentum_sync!r}")
+        if hierarchy is not None:
+            node_steps, global_steps = hierarchy
+            if not 1 <= node_steps <= global_steps or global_steps % node_steps:
+                raise ValueError(f"hierarchy needs 1 <= J_node <= J_global with J_global a multiple of J_node, "
+                                 f"got {hierarchy}")
+            if overlap or sync_dtype != "fp32":
+                raise ValueError("hierarchy cannot be combined with overlap or a reduced sync_dtype")
+            local_steps = global_steps
         self.local_steps = local_steps
         self.average_buffers = average_buffers
         self.momentum_sync = momentum_sync
+        self.overlap, self.sync_dtype = overlap, sync_dtype
+        self.hierarchy, self.ranks_per_node = hierarchy, ranks_per_node
         self.steps_since_sync = 0
+        self.steps = 0
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
-        return cls(meter, config.local_steps, config.average_buffers, config.momentum_sync)
+        return cls(meter, config.local_steps, config.average_buffers, config.momentum_sync, **averaging_options(config))
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
         broadcast_from_rank0(model)
         self.state = FlatBuffer(floating_state(model, self.average_buffers))
+        if is_distributed():
+            self.averager = Averager(self.state, self.meter, self.sync_dtype)
+            if self.hierarchy is not None:
+                if dist.get_world_size() % self.ranks_per_node:
+                    raise ValueError(f"{dist.get_world_size()} ranks do not split into nodes of {self.ranks_per_node}")
+                node_group, _ = dist.new_subgroups(group_size=self.ranks_per_node)
+                self.node_averager = Averager(self.state, self.meter, group=node_group)
         return model
 
     def after_step(self, step: int) -> None:
+        if getattr(self, "averager", None) is not None and self.averager.pending is not None:
+            self.complete_round()  # the all-reduce begun one step ago (--overlap)
+        self.steps += 1
         self.steps_since_sync += 1
         if self.steps_since_sync >= self.current_local_steps(step):
             self.synchronize()
+        elif self.hierarchy is not None and self.steps % self.hierarchy[0] == 0 and is_distributed():
+            self.meter.count_round()
+            self.node_averager.average()  # within the node only: the fast link
 
     def replicas_agree_now(self) -> bool:
-        return self.steps_since_sync == 0
+        return self.steps_since_sync == 0 and (getattr(self, "averager", None) is None
+                                               or self.averager.pending is None)
 
     def current_local_steps(self, step: int) -> int:
         return self.local_steps
 
-    def synchronize(self) -> None:
-        """One averaging round: parameters (+ buffers) in one all-reduce, then the momentum rule."""
+    def synchronize(self, blocking: bool = False) -> None:
+        """One averaging round across all ranks: parameters (+ buffers) in one all-reduce, then the
+        momentum rule; with --overlap it completes one local step later."""
         self.steps_since_sync = 0
         if not is_distributed():
             return
         self.meter.count_round()
-        self.average_state()
-        self.apply_momentum_rule()
+        self.averager.begin()
+        if blocking or not self.overlap:
+            self.complete_round()
 
-    def average_state(self) -> None:
-        self.state.average(self.meter)
+    def complete_round(self) -> None:
+        self.averager.complete(self.after_average)
+
+    def after_average(self) -> None:
+        """What follows the averaging itself (SlowMo's outer step; the momentum rule)."""
+        self.apply_momentum_rule()
 
     def apply_momentum_rule(self) -> None:
         if self.momentum_sync == "local":
@@ -90,6 +125,11 @@ class PLSGD(Sync):
         elif buffers:
             FlatBuffer(buffers).average(self.meter)
 
+    def after_epoch(self, epoch: int, metrics: dict) -> dict:
+        if getattr(self, "averager", None) is not None and self.averager.pending is not None:
+            self.complete_round()  # nothing in flight across an epoch boundary (checkpoints, evaluation)
+        return {}
+
     @contextlib.contextmanager
     def eval_model(self):
         """Between syncs the replicas differ: evaluate their average, on a copy, so training is unchanged."""
@@ -101,20 +141,38 @@ class PLSGD(Sync):
         yield averaged
 
     def finish(self) -> None:
+        if getattr(self, "averager", None) is not None and self.averager.pending is not None:
+            self.complete_round()
         if self.steps_since_sync:
-            self.synchronize()
+            self.synchronize(blocking=True)
 
     def state_dict(self) -> dict:
-        return {"steps_since_sync": self.steps_since_sync, "local_steps": self.local_steps}
+        state = {"steps_since_sync": self.steps_since_sync, "local_steps": self.local_steps, "steps": self.steps}
+        if getattr(self, "averager", None) is not None:
+            state["averager"] = self.averager.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps_since_sync, self.local_steps = state["steps_since_sync"], state["local_steps"]
+        self.steps_since_sync, self.local_steps, self.steps = state["steps_since_sync"], state["local_steps"], state["steps"]
+        if "averager" in state and getattr(self, "averager", None) is not None:
+            self.averager.load_state_dict(state["averager"])
+
+
+def averaging_options(config) -> dict:
+    """The averaging settings every local method shares."""
+    hierarchy = tuple(config.hierarchy) if config.hierarchy else None
+    ranks_per_node = config.ranks_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or int(
+        os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+    if hierarchy is not None and ranks_per_node < 1:
+        raise ValueError("--hierarchy needs to know which ranks share a node: pass --ranks-per-node")
+    return {"overlap": config.overlap, "sync_dtype": config.sync_dtype, "hierarchy": hierarchy,
+            "ranks_per_node": ranks_per_node}
 
 
 class PostLocalSGD(PLSGD):
     def __init__(self, meter: CommMeter, local_steps: int, switch_step: int, average_buffers: bool = True,
-                 momentum_sync: str = "local"):
-        super().__init__(meter, local_steps, average_buffers, momentum_sync)
+                 momentum_sync: str = "local", **averaging):
+        super().__init__(meter, local_steps, average_buffers, momentum_sync, **averaging)
         if switch_step < 0:
             raise ValueError(f"switch_step must not be negative, got {switch_step}")
         self.switch_step = switch_step
@@ -127,7 +185,8 @@ class PostLocalSGD(PLSGD):
             switch_step = config.switch_step
         else:
             raise ValueError("PostLocalSGD needs --switch-epoch or --switch-step")
-        return cls(meter, config.local_steps, switch_step, config.average_buffers, config.momentum_sync)
+        return cls(meter, config.local_steps, switch_step, config.average_buffers, config.momentum_sync,
+                   **averaging_options(config))
 
     def before_step(self, step: int) -> None:
         if step >= self.switch_step or not is_distributed():

@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 
 from train.sync.base import RunShape
-from train.sync.plsgd import PLSGD
+from train.sync.plsgd import PLSGD, averaging_options
 from utilities.distributed import CommMeter
 
 
 class SlowMo(PLSGD):
     def __init__(self, meter: CommMeter, local_steps: int, slow_momentum: float = 0.5, slow_lr: float = 1.0,
-                 average_buffers: bool = True, momentum_sync: str = "local"):
-        super().__init__(meter, local_steps, average_buffers, momentum_sync)
+                 average_buffers: bool = True, momentum_sync: str = "local", **averaging):
+        super().__init__(meter, local_steps, average_buffers, momentum_sync, **averaging)
         if not 0 <= slow_momentum < 1:
             raise ValueError(f"slow_momentum must be in [0, 1), got {slow_momentum}")
         if slow_lr <= 0:
@@ -32,7 +32,7 @@ class SlowMo(PLSGD):
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
         return cls(meter, config.local_steps, config.slow_momentum, config.slow_lr, config.average_buffers,
-                   config.momentum_sync)
+                   config.momentum_sync, **averaging_options(config))
 
     def prepare(self, model, optimizer):
         model = super().prepare(model, optimizer)
@@ -41,9 +41,9 @@ class SlowMo(PLSGD):
         self.outer_momentum = [torch.zeros_like(p) for p in self.parameters]  # u
         return model
 
-    def average_state(self) -> None:
-        super().average_state()
+    def after_average(self) -> None:
         self.outer_step()
+        super().after_average()
 
     def outer_step(self) -> None:
         lr_inner = self.optimizer.param_groups[0]["lr"]
@@ -69,14 +69,14 @@ class SlowMo(PLSGD):
 
 class DiLoCo(SlowMo):
     def __init__(self, meter: CommMeter, local_steps: int, outer_lr: float = 0.7, outer_momentum: float = 0.9,
-                 average_buffers: bool = True, momentum_sync: str = "local"):
-        super().__init__(meter, local_steps, 0.0, 1.0, average_buffers, momentum_sync)
+                 average_buffers: bool = True, momentum_sync: str = "local", **averaging):
+        super().__init__(meter, local_steps, 0.0, 1.0, average_buffers, momentum_sync, **averaging)
         self.outer_lr, self.outer_momentum_factor = outer_lr, outer_momentum
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
         return cls(meter, config.local_steps, config.outer_lr, config.outer_momentum, config.average_buffers,
-                   config.momentum_sync)
+                   config.momentum_sync, **averaging_options(config))
 
     def prepare(self, model, optimizer):
         model = super().prepare(model, optimizer)

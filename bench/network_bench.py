@@ -1,0 +1,315 @@
+"""Training types between two emulated hosts on a shaped link: images/s, communication and accuracy, one table.
+
+    sudo .venv/bin/python bench/network_bench.py                  # MNIST, lenet5w, 1 epoch, unshaped and 100 Mbit/s
+    sudo .venv/bin/python bench/network_bench.py --rates none 100mbit 10mbit --out network.md
+    sudo .venv/bin/python bench/network_bench.py --dataset synthetic --synthetic-size 2000 --model mlp \\
+        --max-steps 20 --types MBSGD PLSGD                          # smoke check: about 2 minutes
+    sudo .venv/bin/python bench/network_bench.py --types MBSGD PLSGD:16 --extra "--lr 0.1"
+
+Needs root. For each --rates entry, bench/two_hosts.sh makes two network namespaces, dtbench0
+(10.77.0.1) and dtbench1 (10.77.0.2), joined by a veth pair whose two ends are shaped with
+`tc qdisc ... tbf rate RATE` (`none`: unshaped); a TCP probe then sends --probe-mb MB from dtbench0 to
+dtbench1 and the header states the rate it achieved. Every training type is one main.py run with
+rank 0 in dtbench0 and rank 1 in dtbench1, started as two processes with the torchrun-style
+environment main.py reads (RANK, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR=10.77.0.1, MASTER_PORT)
+and GLOO_SOCKET_IFNAME set to the namespace's veth, so all of Gloo's traffic crosses the shaped link (the runs
+use --device cpu --backend gloo; --extra comes after those flags and can change them).
+OMP_NUM_THREADS defaults to 1 per rank. The namespaces are removed at the end, on failure and on
+Ctrl-C or SIGTERM. Only one network bench runs at a time (the namespace names are fixed).
+
+--types takes TYPE or TYPE:J. A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
+SlowMo (J=8), AdaptiveJ (J=8 at the start; the J column shows how it changed between epochs).
+Runs land in <runs-dir>/<rate>/<type>-J<J>/ with each rank's output in bench_log_rank<R>.txt; a run
+whose summary.json exists and was made with the same link and arguments is reused unless --rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+
+from bench.common import (LAUNCH_FILE, REPO, RunFailed, add_common_arguments, child_environment,  # noqa: E402
+                          emit, fail, failure_reason, header_line, load_metrics, load_summary, markdown_table,
+                          percent)
+
+TWO_HOSTS = REPO / "bench" / "two_hosts.sh"
+NAMESPACES = ("dtbench0", "dtbench1")
+VETHS = ("dtveth0", "dtveth1")
+ADDRESSES = ("10.77.0.1", "10.77.0.2")
+DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8,)}
+DEFAULT_TYPES = ["MBSGD", "PLSGD", "SlowMo", "AdaptiveJ"]
+HEADERS = ["link", "training type", "J", "images/s", "comm seconds", "comm MB per rank", "rounds",
+           "final test accuracy (%)"]
+PROBE_PORT, FIRST_MASTER_PORT = 29400, 29500
+LOCK_FILE = "/tmp/dtbench-network.lock"
+KILL_GRACE_S = 30  # how long the other rank may take to notice that its peer failed
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--rates", nargs="+", default=["none", "100mbit"], help="tc rates of the link, none = unshaped")
+    parser.add_argument("--types", nargs="+", default=DEFAULT_TYPES, type=training_type,
+                        help="TYPE or TYPE:J, TYPE one of " + " ".join(DEFAULT_J))
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--synthetic-size", type=int, default=10000, help="training images of --dataset synthetic")
+    parser.add_argument("--model", default="lenet5w")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per rank per step")
+    parser.add_argument("--run-timeout", type=float, default=3600, help="seconds one run may take before it is killed")
+    parser.add_argument("--probe-mb", type=int, default=50, help="MB the link probe sends")
+    parser.add_argument("--probe-receive", type=int, help=argparse.SUPPRESS)  # internal: the probe's two ends
+    parser.add_argument("--probe-send", help=argparse.SUPPRESS)
+    add_common_arguments(parser, "network_bench")
+    parser.set_defaults(runs_dir="bench_runs/network")
+    return parser.parse_args(argv)
+
+
+def training_type(text: str) -> str:
+    name, _, j = text.partition(":")
+    if name not in DEFAULT_J or (j and not (j.isdigit() and int(j) >= 1)) or (name == "MBSGD" and j not in ("", "1")):
+        raise argparse.ArgumentTypeError(f"expected TYPE or TYPE:J with TYPE one of {', '.join(DEFAULT_J)} and J a "
+                                         f"positive integer (MBSGD only J=1), got {text!r}")
+    return text
+
+
+def expand_types(tokens: list) -> list:
+    """[(type, J)] in the order given, bare types expanded to their default J values, duplicates dropped."""
+    runs = []
+    for token in tokens:
+        name, _, j = token.partition(":")
+        for local_steps in ([int(j)] if j else DEFAULT_J[name]):
+            if (name, local_steps) not in runs:
+                runs.append((name, local_steps))
+    return runs
+
+
+def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -> list:
+    flags = ["--training-type", name, "--dataset", arguments.dataset, "--data-dir", arguments.data_dir,
+             "--model", arguments.model, "--epochs", arguments.epochs, "--batch-size", arguments.batch_size,
+             "--max-steps", arguments.max_steps, "--device", "cpu", "--backend", "gloo"]
+    if name != "MBSGD":
+        flags += ["--local-steps", local_steps]
+    if arguments.dataset == "synthetic":
+        flags += ["--synthetic-size", arguments.synthetic_size]
+    return [str(flag) for flag in flags + shlex.split(arguments.extra)]
+
+
+# --- the two hosts -------------------------------------------------------------------------------------------
+
+def two_hosts(*command: str) -> str:
+    result = subprocess.run([str(TWO_HOSTS), *command], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RunFailed(f"two_hosts.sh {' '.join(command)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout.strip()
+
+
+def in_namespace(index: int, command: list, **popen) -> subprocess.Popen:
+    """Start ``command`` inside namespace ``index`` in its own process group (so it can be killed as a whole)."""
+    return subprocess.Popen([str(TWO_HOSTS), "run", NAMESPACES[index], "--", *command], cwd=REPO,
+                            start_new_session=True, **popen)
+
+
+def kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def measure_link(megabytes: int) -> float:
+    """Mbit/s a TCP stream achieves from dtbench0 to dtbench1 (payload bits over the receiver's time)."""
+    script = [sys.executable, str(Path(__file__).resolve())]
+    receiver = in_namespace(1, [*script, "--probe-receive", str(PROBE_PORT)], stdout=subprocess.PIPE, text=True)
+    sender = None
+    try:
+        if receiver.stdout.readline().strip() != "ready":
+            raise RunFailed("the link probe's receiver did not start")
+        sender = in_namespace(0, [*script, "--probe-send", f"{ADDRESSES[1]}:{PROBE_PORT}:{megabytes}"])
+        sender.wait(timeout=600)
+        report = json.loads(receiver.communicate(timeout=60)[0])
+    finally:
+        kill(receiver)
+        if sender is not None:
+            kill(sender)
+    return report["bytes"] * 8 / report["seconds"] / 1e6
+
+
+def receive_probe(port: int) -> None:
+    with socket.create_server(("0.0.0.0", port)) as server:
+        print("ready", flush=True)
+        connection, _ = server.accept()
+        with connection:
+            received, started = 0, time.perf_counter()
+            while chunk := connection.recv(1 << 20):
+                received += len(chunk)
+            seconds = time.perf_counter() - started
+    print(json.dumps({"bytes": received, "seconds": seconds}), flush=True)
+
+
+def send_probe(target: str) -> None:
+    host, port, megabytes = target.split(":")
+    payload = bytes(1 << 20)
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        for _ in range(int(megabytes)):
+            connection.sendall(payload)
+
+
+# --- one run: a rank in each namespace ---------------------------------------------------------------------------
+
+def run_pair(run_dir: Path, link: str, args: list, master_port: int, timeout_s: float, rerun: bool) -> dict:
+    """Run main.py with rank 0 in dtbench0 and rank 1 in dtbench1 into ``run_dir`` (or reuse it); its summary."""
+    record = {"ranks": 2, "link": link, "tbf": [os.environ.get("TBF_BURST"), os.environ.get("TBF_LATENCY")],
+              "args": args}
+    launch_file = run_dir / LAUNCH_FILE
+    if (not rerun and (run_dir / "summary.json").exists() and launch_file.exists()
+            and json.loads(launch_file.read_text()) == record):
+        print(f"reusing {run_dir}", file=sys.stderr)
+        return load_summary(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").unlink(missing_ok=True)  # a failed run must not leave an old result behind
+    launch_file.write_text(json.dumps(record) + "\n")
+    print(f"running {run_dir} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    exit_codes, tails, timed_out = run_ranks(run_dir, args, master_port, timeout_s)
+    if any(exit_codes) or not (run_dir / "summary.json").exists():
+        launch_file.unlink()
+        both = "\n".join(f"[rank {rank}] {line}" for rank in (0, 1) for line in tails[rank].splitlines())
+        if timed_out:
+            raise RunFailed(f"run {run_dir} killed at the --run-timeout of {timeout_s:.0f} s", both)
+        reasons = [f"rank {rank}: " + (f"killed by {signal.Signals(-code).name}" if code < 0
+                                       else failure_reason(tails[rank]))
+                   for rank, code in enumerate(exit_codes) if code] or ["no summary.json written"]
+        raise RunFailed(f"run {run_dir} failed (exit codes {exit_codes}): {'; '.join(reasons)}", both)
+    print(f"  done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return load_summary(run_dir)
+
+
+def run_ranks(run_dir: Path, args: list, master_port: int, timeout_s: float) -> tuple:
+    """Both ranks to the end or the time limit: exit codes (-9: killed), last lines of their logs, timed out?"""
+    command = [sys.executable, str(REPO / "main.py"), *args, "--output-dir", str(run_dir.resolve()), "--overwrite"]
+    ranks, logs = [], [run_dir / f"bench_log_rank{rank}.txt" for rank in (0, 1)]
+    try:
+        for rank in (0, 1):
+            environment = dict(child_environment(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0",
+                               LOCAL_WORLD_SIZE="1", MASTER_ADDR=ADDRESSES[0], MASTER_PORT=str(master_port),
+                               GLOO_SOCKET_IFNAME=VETHS[rank])
+            with open(logs[rank], "w") as log:
+                log.write(shlex.join(command) + "\n")
+                log.flush()
+                ranks.append(in_namespace(rank, command, env=environment, stdout=log, stderr=subprocess.STDOUT))
+        timed_out = wait_for_ranks(ranks, time.monotonic() + timeout_s)
+    finally:
+        for process in ranks:
+            kill(process)
+    exit_codes = [process.returncode for process in ranks]
+    return exit_codes, ["\n".join(log.read_text().splitlines()[-15:]) for log in logs], timed_out
+
+
+def wait_for_ranks(ranks: list, deadline: float) -> bool:
+    """Wait until both ranks exit, or one fails and the other had KILL_GRACE_S to follow; True if time ran out."""
+    failed = False
+    while time.monotonic() < deadline:
+        codes = [process.poll() for process in ranks]
+        if all(code is not None for code in codes):
+            return False
+        if not failed and any(code not in (None, 0) for code in codes):
+            failed, deadline = True, min(deadline, time.monotonic() + KILL_GRACE_S)
+        time.sleep(0.5)
+    return not failed
+
+
+# --- the table -------------------------------------------------------------------------------------------------
+
+def local_steps_label(name: str, local_steps: int, metrics: list) -> str:
+    """J as the run used it; for AdaptiveJ the J of each epoch (a metrics row holds the J chosen after it)."""
+    if name != "AdaptiveJ":
+        return str(local_steps)
+    used = [local_steps] + [row["local_steps"] for row in metrics[:-1]]
+    return " → ".join(str(j) for index, j in enumerate(used) if index == 0 or j != used[index - 1])
+
+
+def table_row(link: str, name: str, local_steps: int, summary: dict, metrics: list) -> list:
+    return [link, name, local_steps_label(name, local_steps, metrics), f"{summary['images_per_second']:.0f}",
+            f"{summary['comm_seconds']:.2f}", f"{summary['comm_bytes'] / 1e6:.1f}", summary["comm_rounds"],
+            percent(summary["final_test_accuracy"])]
+
+
+def bench_link(arguments: argparse.Namespace, link: str, first_port: int) -> tuple:
+    """Bring the link up, measure it, run every type across it; the header line and the table rows."""
+    shape = two_hosts("up", link).removeprefix("two_hosts: up, ")
+    rate = measure_link(arguments.probe_mb)
+    print(f"link {link}: {shape}; measured {rate:.1f} Mbit/s", file=sys.stderr, flush=True)
+    rows = []
+    for offset, (name, local_steps) in enumerate(expand_types(arguments.types)):
+        run_dir = Path(arguments.runs_dir) / link / f"{name}-J{local_steps}"
+        summary = run_pair(run_dir, link, main_arguments(arguments, name, local_steps), first_port + offset,
+                           arguments.run_timeout, arguments.rerun)
+        rows.append(table_row(link, name, local_steps, summary, load_metrics(run_dir)))
+    return f"- `{link}`: {shape.split(':')[0]}; measured {rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB " \
+           f"{NAMESPACES[0]} → {NAMESPACES[1]})", rows
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    if arguments.probe_receive is not None:
+        receive_probe(arguments.probe_receive)
+        return 0
+    if arguments.probe_send:
+        send_probe(arguments.probe_send)
+        return 0
+    if os.geteuid() != 0:
+        print("error: network_bench.py needs root (it creates network namespaces); run it with sudo", file=sys.stderr)
+        return 2
+    lock = open(LOCK_FILE, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"error: another network bench holds {LOCK_FILE}; the namespaces are in use", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+            signal.signal(signum, raise_interrupt)
+    links, rows = [], []
+    try:
+        for index, link in enumerate(arguments.rates):
+            link_line, link_rows = bench_link(arguments, link, FIRST_MASTER_PORT + 100 * index)
+            links.append(link_line)
+            rows += link_rows
+    except RunFailed as error:
+        return fail(error)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        subprocess.run([str(TWO_HOSTS), "down"])
+    steps = f", at most {arguments.max_steps} steps" if arguments.max_steps else ""
+    title = (f"Two emulated hosts, one rank each (network namespaces + veth, tc tbf): {arguments.model} on "
+             f"{arguments.dataset}, {arguments.epochs} epoch(s){steps}, batch {arguments.batch_size} per rank")
+    settings = argparse.Namespace(**{name: value for name, value in vars(arguments).items()
+                                     if not name.startswith("probe_") or name == "probe_mb"})
+    emit(f"{header_line('network_bench', settings)}\n\nLinks:\n" + "\n".join(links) +
+         f"\n\n### {title}\n\n{markdown_table(HEADERS, rows)}", arguments.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""bench/local_methods.py end to end on tiny synthetic data: both runs land in one table with the right rounds."""
+
+import subprocess
+import sys
+
+from bench.common import REPO, child_environment, parse_markdown_table
+
+
+def test_local_methods_table_has_every_type_and_local_sgd_talks_a_quarter_as_often(tmp_path):
+    out = tmp_path / "table.md"
+    # Batch 32 per rank: 1800 training images over 2 ranks give 28 steps, a multiple of J = 4.
+    command = [sys.executable, str(REPO / "bench" / "local_methods.py"), "--dataset", "synthetic",
+               "--synthetic-size", "2000", "--model", "mlp", "--epochs", "1", "--batch-size", "32",
+               "--types", "MBSGD", "PLSGD", "--local-steps", "4", "--runs-dir", str(tmp_path / "runs"),
+               "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO, env=child_environment(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == out.read_text().strip()
+    rows = {row["training type"]: row for row in parse_markdown_table(out.read_text())}
+    assert set(rows) == {"MBSGD", "PLSGD"}
+    mbsgd_rounds, plsgd_rounds = int(rows["MBSGD"]["rounds"]), int(rows["PLSGD"]["rounds"])
+    assert mbsgd_rounds == 28 and 4 * plsgd_rounds == mbsgd_rounds
+    assert float(rows["PLSGD"]["comm reduction (%)"]) == 75.0

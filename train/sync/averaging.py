@@ -1,0 +1,80 @@
+"""Parameter averaging for the local methods: blocking or overlapped, full or reduced precision.
+
+One round is ``begin`` (snapshot the flat parameters, start one all-reduce) and ``complete``
+(wait, then replace the snapshot by the average). Blocking rounds complete at once. With
+``overlap`` the all-reduce runs while the next local step computes (as in overlapping local
+SGD, Wang et al. 2020, "Overlap Local-SGD"); the step taken meanwhile is kept on top of the
+average: x = average + (x_now - snapshot), which is the average exactly when nothing moved.
+
+With a reduced ``wire_dtype`` what is sent is the change since the last agreed point, in
+bf16/fp16, and the rounding error stays on the rank and is added to the next change
+(error feedback, Seide et al. 2014; Karimireddy et al. 2019): every rank then computes the
+same new point ``reference + mean change`` from the same reduced message.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from utilities.distributed import CommMeter
+from utilities.flat_buffer import FlatBuffer
+
+WIRE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Averager:
+    def __init__(self, state: FlatBuffer, meter: CommMeter, wire_dtype: str = "fp32", group=None):
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {tuple(WIRE_DTYPES)}, got {wire_dtype!r}")
+        self.state, self.meter, self.group = state, meter, group
+        self.wire_dtype = WIRE_DTYPES[wire_dtype]
+        self.reference = state.gather().clone() if self.wire_dtype is not None else None
+        self.error = torch.zeros_like(self.reference) if self.wire_dtype is not None else None
+        self.pending: Optional[tuple] = None
+
+    def begin(self) -> None:
+        """Snapshot the parameters and start the all-reduce without waiting for it."""
+        snapshot = self.state.gather().clone()
+        if self.wire_dtype is None:
+            message = snapshot.clone()
+        else:
+            change = snapshot - self.reference + self.error
+            message = change.to(self.wire_dtype)
+            self.error = change - message.float()
+        work = dist.all_reduce(message, group=self.group, async_op=True)
+        self.pending = (snapshot, message, work)
+
+    def complete(self, after_average=None) -> None:
+        """Wait for the round begun last, install the average (then ``after_average()``, e.g. an
+        outer optimizer step), and keep whatever local progress was made in between."""
+        snapshot, message, work = self.pending
+        self.pending = None
+        waited = time.perf_counter()
+        work.wait()
+        # Seconds this rank was blocked: the whole round when blocking, only the tail when overlapped.
+        self.meter.record(message, time.perf_counter() - waited)
+        progress = self.state.gather() - snapshot
+        mean = message.float().div_(dist.get_world_size(self.group))
+        new_point = mean if self.wire_dtype is None else self.reference + mean
+        self.state.scatter(new_point)
+        if after_average is not None:
+            after_average()
+        if self.wire_dtype is not None:
+            self.reference = self.state.gather().clone()
+        if progress.any():
+            self.state.scatter(self.state.gather().add_(progress))
+
+    def average(self, after_average=None) -> None:
+        """One blocking round."""
+        self.begin()
+        self.complete(after_average)
+
+    def state_dict(self) -> dict:
+        return {"reference": self.reference, "error": self.error}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference, self.error = state["reference"], state["error"]

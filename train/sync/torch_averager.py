@@ -1,0 +1,56 @@
+"""Baseline: PyTorch's own PeriodicModelAverager (post-local SGD's averager in torch.distributed),
+run in the same loop on the same shards, so benchmarks compare like with like."""
+
+from __future__ import annotations
+
+import time
+
+from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+
+from train.sync.base import RunShape
+from train.sync.plsgd import PLSGD
+from utilities.distributed import CommMeter, is_distributed
+from utilities.flat_buffer import FlatBuffer
+
+
+class TorchPeriodicAverager(PLSGD):
+    """torch's averager is called after every step and averages the parameters (one flattened
+    all-reduce) whenever its own counter reaches the period. Torch does not average BatchNorm
+    statistics; they are averaged here as in PLSGD, so only the parameter path differs."""
+
+    @classmethod
+    def from_config(cls, config, meter: CommMeter, shape: RunShape):
+        return cls(meter, config.local_steps, config.average_buffers, config.momentum_sync)
+
+    def prepare(self, model, optimizer):
+        model = super().prepare(model, optimizer)
+        self.parameters = list(model.parameters())
+        self.parameter_bytes = sum(p.numel() * p.element_size() for p in self.parameters)
+        self.torch_averager = PeriodicModelAverager(period=self.local_steps, warmup_steps=0) if is_distributed() else None
+        return model
+
+    def after_step(self, step: int) -> None:
+        self.steps_since_sync += 1
+        if self.torch_averager is None:
+            return
+        averages_now = self.torch_averager.step % self.local_steps == 0  # torch's own rule, warmup 0
+        started = time.perf_counter()
+        self.torch_averager.average_parameters(self.parameters)
+        if averages_now:
+            self.meter.count_round()
+            self.meter.collectives += 1
+            self.meter.bytes += self.parameter_bytes
+            self.meter.seconds += time.perf_counter() - started
+            buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+            if self.average_buffers and buffers:
+                FlatBuffer(buffers).average(self.meter)
+            self.steps_since_sync = 0
+
+    def state_dict(self) -> dict:
+        torch_step = self.torch_averager.step if self.torch_averager is not None else 0
+        return {**super().state_dict(), "torch_step": torch_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.torch_averager is not None:
+            self.torch_averager.step = state["torch_step"]
