@@ -24,8 +24,9 @@ from bench.common import (RunFailed, add_common_arguments, emit, fail, header_li
                           markdown_table, percent, run_main)
 
 TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ")
+OTHER_TYPES = ("LAPSGD", "LPPSGD", "TorchPeriodicAverager")  # on request: --types ... LAPSGD
 HEADERS = ["training type", "J", "final test accuracy (%)", "best val accuracy (%)", "rounds", "MB sent per rank",
-           "comm seconds", "images/s", "comm reduction (%)", "wall seconds"]
+           "comm seconds", "images/s", "comm reduction (%)", "wall seconds", "peak RSS rank 0 (MB)"]
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -40,7 +41,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--switch-epoch", type=int, help="PostLocalSGD: mini-batch SGD epochs (default epochs // 2, "
                                                           "at least 1)")
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
+    parser.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES + OTHER_TYPES)
+    parser.add_argument("--workers-per-node", type=int, default=2, help="LAPSGD/LPPSGD: Hogwild! workers per rank")
     add_common_arguments(parser, "local_methods")
     arguments = parser.parse_args(argv)
     if arguments.switch_epoch is None:
@@ -59,6 +61,8 @@ def main_arguments(arguments: argparse.Namespace, training_type: str) -> list:
         flags += ["--lr", arguments.lr]
     if training_type == "PostLocalSGD":
         flags += ["--switch-epoch", arguments.switch_epoch]
+    if training_type in ("LAPSGD", "LPPSGD"):
+        flags += ["--workers-per-node", arguments.workers_per_node]
     return flags + shlex.split(arguments.extra)
 
 
@@ -81,7 +85,7 @@ def table_row(arguments: argparse.Namespace, training_type: str, summary: dict, 
             percent(summary["final_test_accuracy"]), percent(summary["best_val_accuracy"]), summary["comm_rounds"],
             f"{summary['comm_bytes'] / 1e6:.1f}", f"{summary['comm_seconds']:.2f}",
             f"{summary['images_per_second']:.0f}", f"{100 * summary['comm_reduction']:.1f}",
-            f"{summary['wall_seconds']:.1f}"]
+            f"{summary['wall_seconds']:.1f}", f"{summary.get('peak_rss_mb', float('nan')):.0f}"]
 
 
 def main(argv=None) -> int:

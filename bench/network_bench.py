@@ -17,7 +17,7 @@ use --device cpu --backend gloo; --extra comes after those flags and can change 
 OMP_NUM_THREADS defaults to 1 per rank. The namespaces are removed at the end, on failure and on
 Ctrl-C or SIGTERM. Only one network bench runs at a time (the namespace names are fixed).
 
---types takes TYPE or TYPE:J. A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
+--types takes TYPE, TYPE:J or TYPE+VARIANT:J (variants: overlap, fp16 gradients, bf16sync). A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
 SlowMo (J=8), AdaptiveJ (J=8 at the start; the J column shows how it changed between epochs).
 Runs land in <runs-dir>/<rate>/<type>-J<J>/ with each rank's output in bench_log_rank<R>.txt; a run
 whose summary.json exists and was made with the same link and arguments is reused unless --rerun.
@@ -47,7 +47,9 @@ TWO_HOSTS = REPO / "bench" / "two_hosts.sh"
 NAMESPACES = ("dtbench0", "dtbench1")
 VETHS = ("dtveth0", "dtveth1")
 ADDRESSES = ("10.77.0.1", "10.77.0.2")
-DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8,)}
+DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8,), "TorchPeriodicAverager": (8,)}
+# TYPE+VARIANT adds these main.py flags, e.g. PLSGD+overlap:8 or MBSGD+fp16.
+VARIANTS = {"overlap": ["--overlap"], "fp16": ["--grad-compression", "fp16"], "bf16sync": ["--sync-dtype", "bf16"]}
 DEFAULT_TYPES = ["MBSGD", "PLSGD", "SlowMo", "AdaptiveJ"]
 HEADERS = ["link", "training type", "J", "images/s", "comm seconds", "comm MB per rank", "rounds",
            "final test accuracy (%)"]
@@ -79,6 +81,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def training_type(text: str) -> str:
     name, _, j = text.partition(":")
+    name, _, variant = name.partition("+")
+    if variant and variant not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if name not in DEFAULT_J or (j and not (j.isdigit() and int(j) >= 1)) or (name == "MBSGD" and j not in ("", "1")):
         raise argparse.ArgumentTypeError(f"expected TYPE or TYPE:J with TYPE one of {', '.join(DEFAULT_J)} and J a "
                                          f"positive integer (MBSGD only J=1), got {text!r}")
@@ -90,18 +95,20 @@ def expand_types(tokens: list) -> list:
     runs = []
     for token in tokens:
         name, _, j = token.partition(":")
-        for local_steps in ([int(j)] if j else DEFAULT_J[name]):
+        for local_steps in ([int(j)] if j else DEFAULT_J[name.partition("+")[0]]):
             if (name, local_steps) not in runs:
                 runs.append((name, local_steps))
     return runs
 
 
 def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -> list:
+    name, _, variant = name.partition("+")
     flags = ["--training-type", name, "--dataset", arguments.dataset, "--data-dir", arguments.data_dir,
              "--model", arguments.model, "--epochs", arguments.epochs, "--batch-size", arguments.batch_size,
              "--max-steps", arguments.max_steps, "--device", "cpu", "--backend", "gloo"]
     if name != "MBSGD":
         flags += ["--local-steps", local_steps]
+    flags += VARIANTS.get(variant, [])
     if arguments.dataset == "synthetic":
         flags += ["--synthetic-size", arguments.synthetic_size]
     return [str(flag) for flag in flags + shlex.split(arguments.extra)]

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from tests.harness import LEARN_ARGS, check_ok, run_main, spawn_ranks, summary
 from tests.test_sync_ranks import tiny_model, train_steps
 from train.sync.plsgd import PLSGD
-from utilities.distributed import CommMeter, replicas_identical
+from utilities.distributed import CommMeter
 
 
 def flat_parameters(model) -> torch.Tensor:
