@@ -47,8 +47,16 @@ class Normalizer:
     @classmethod
     def from_images(cls, images: torch.Tensor) -> "Normalizer":
         """Per-channel statistics of a uint8 split (the training split, never validation or test)."""
-        pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
-        mean, std = pixels.mean(dim=1), pixels.std(dim=1).clamp_min(1e-6)
+        # Sums in float64 over chunks: a float copy of the whole split would cost 8 bytes per pixel.
+        channels = images.shape[1]
+        total, total_squares = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+        for chunk in images.split(1024):
+            pixels = chunk.transpose(0, 1).reshape(channels, -1).double().div_(255)
+            total += pixels.sum(dim=1)
+            total_squares += pixels.square().sum(dim=1)
+        count = images.numel() // channels
+        mean = total / count
+        std = ((total_squares - count * mean.square()) / (count - 1)).clamp_min(0).sqrt().clamp_min(1e-6)
         return cls(mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1))
 
     def to(self, device) -> "Normalizer":

@@ -112,3 +112,15 @@ def test_real_mnist_two_ranks(tmp_path):
     check_ok(run_main(["--dataset", "mnist", "--data-dir", str(SHARED_DATA), "--no-download", "--model", "lenet5",
                        "--max-steps", "150", "--batch-size", "64", "--output-dir", str(tmp_path)], nproc=2))
     assert summary(tmp_path)["final_test_accuracy"] > 0.85
+
+
+def test_ghost_batch_norm_and_large_batch_optimizers_run_through_main(tmp_path):
+    # BatchNorm model with virtual batches of 8, LAMB under DDP, LARS as the inner optimizer of local SGD.
+    check_ok(run_main([*TINY, "--model", "resnet20", "--ghost-batch-size", "8", "--max-steps", "3",
+                       "--output-dir", str(tmp_path / "ghost")]))
+    check_ok(run_main([*TINY, "--optimizer", "lamb", "--lr", "0.01", "--max-steps", "4",
+                       "--output-dir", str(tmp_path / "lamb")], nproc=2))
+    check_ok(run_main([*TINY, "--training-type", "PLSGD", "--local-steps", "2", "--optimizer", "lars", "--lr", "1.0",
+                       "--max-steps", "4", "--output-dir", str(tmp_path / "lars")], nproc=2))
+    assert summary(tmp_path / "lamb")["replicas_identical"] and summary(tmp_path / "lars")["replicas_identical"]
+    assert summary(tmp_path / "lars")["comm_rounds"] == 2
