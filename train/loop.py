@@ -137,9 +137,11 @@ class Trainer:
         else:  # --on-nan skip: drop this update; the sync hooks still run so every rank makes the same collectives
             self.progress.skipped_steps += 1
             loss_sum, correct = torch.zeros_like(loss_sum), torch.zeros_like(correct)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.sync.after_step(self.progress.step)  # before the scheduler: SlowMo needs this step's LR
+        # Before the scheduler (SlowMo needs this step's LR) and before the gradients go (torch's
+        # PeriodicModelAverager averages only parameters that have one).
+        self.sync.after_step(self.progress.step)
         self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         if self.settings.check_replicas and self.sync.replicas_agree_now() and not replicas_identical(self.model):
             raise ReplicasDiffer(f"ranks hold different models right after the sync of step {self.progress.step}")
