@@ -10,7 +10,8 @@ from torch.distributed.algorithms.model_averaging.averagers import PeriodicModel
 from train.sync.base import RunShape
 from train.sync.plsgd import PLSGD
 from utilities.distributed import CommMeter, is_distributed
-from utilities.flat_buffer import FlatBuffer
+from train.sync.averaging import Averager
+from utilities.flat_buffer import FlatBuffer, floating_state
 
 
 class TorchPeriodicAverager(PLSGD):
@@ -45,6 +46,13 @@ class TorchPeriodicAverager(PLSGD):
             if self.average_buffers and buffers:
                 FlatBuffer(buffers).average(self.meter)
             self.steps_since_sync = 0
+
+    def finish(self) -> None:
+        # torch's averager replaces each p.data by a view of its own flat buffer: rebind ours to the live tensors.
+        if is_distributed():
+            self.state = FlatBuffer(floating_state(self.model, self.average_buffers))
+            self.averager = Averager(self.state, self.meter)
+        super().finish()
 
     def state_dict(self) -> dict:
         torch_step = self.torch_averager.step if self.torch_averager is not None else 0
