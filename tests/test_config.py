@@ -87,6 +87,7 @@ NON_DEFAULT = {
     "grad_compression": "fp16",
     "bucket_cap_mb": 5.0,
     "overlap": True,
+    "overlap_steps": 3,
     "sync_dtype": "bf16",
     "hierarchy": [2, 8],
     "ranks_per_node": 2,

@@ -117,6 +117,7 @@ class Config:
     grad_compression: str = _field("none", "MBSGD: gradients sent in this precision (DDP communication hook)", ("none", "fp16", "bf16"))
     bucket_cap_mb: float = _field(25.0, "MBSGD: DDP gradient bucket size in MB")
     overlap: bool = _field(False, "PLSGD/SlowMo: start the averaging all-reduce without blocking, apply it one local step later")
+    overlap_steps: int = _field(1, "--overlap: local steps the all-reduce may run behind before its average is applied")
     sync_dtype: str = _field("fp32", "PLSGD/SlowMo/AdaptiveJ: send the change since the last sync in this precision, error kept locally", ("fp32", "bf16", "fp16"))
     hierarchy: list = _field([], "PLSGD: J_node J_global: average within each node every J_node steps, across nodes every J_global")
     ranks_per_node: int = _field(0, "ranks that share a node for --hierarchy (0 = from the launcher)")
@@ -265,7 +266,7 @@ def parse_config(argv: Optional[list] = None) -> Config:
 
 def validate(config: Config) -> None:
     """Reject values no run could use, with one line naming the flag."""
-    positive = ("epochs", "batch_size", "eval_batch_size", "accumulation_steps", "max_micro_batch",
+    positive = ("epochs", "batch_size", "overlap_steps", "eval_batch_size", "accumulation_steps", "max_micro_batch",
                 "local_steps", "min_local_steps", "max_local_steps", "reference_batch", "eval_every",
                 "log_every", "synthetic_size", "workers_per_node")
     for name in positive:

@@ -2,8 +2,8 @@
 
 One round is ``begin`` (snapshot the flat parameters, start one all-reduce) and ``complete``
 (wait, then replace the snapshot by the average). Blocking rounds complete at once. With
-``overlap`` the all-reduce runs while the next local step computes (as in overlapping local
-SGD, Wang et al. 2020, "Overlap Local-SGD"); the step taken meanwhile is kept on top of the
+``overlap`` the all-reduce runs while the next local steps compute (as in overlapping local
+SGD, Wang et al. 2020, "Overlap Local-SGD"); the steps taken meanwhile are kept on top of the
 average: x = average + (x_now - snapshot), which is the average exactly when nothing moved.
 
 With a reduced ``wire_dtype`` what is sent is the change since the last agreed point, in

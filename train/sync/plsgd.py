@@ -39,7 +39,7 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
 class PLSGD(Sync):
     def __init__(self, meter: CommMeter, local_steps: int, average_buffers: bool = True,
                  momentum_sync: str = "local", overlap: bool = False, sync_dtype: str = "fp32",
-                 hierarchy: Optional[tuple] = None, ranks_per_node: int = 0):
+                 hierarchy: Optional[tuple] = None, ranks_per_node: int = 0, overlap_steps: int = 1):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
@@ -53,7 +53,10 @@ class PLSGD(Sync):
             if overlap or sync_dtype != "fp32":
                 raise ValueError("hierarchy cannot be combined with overlap or a reduced sync_dtype")
             local_steps = global_steps
+        if overlap and not 1 <= overlap_steps < local_steps:
+            raise ValueError(f"overlap_steps must be at least 1 and below local_steps ({local_steps}), got {overlap_steps}")
         self.local_steps = local_steps
+        self.overlap_steps = overlap_steps
         self.average_buffers = average_buffers
         self.momentum_sync = momentum_sync
         self.overlap, self.sync_dtype = overlap, sync_dtype
@@ -79,19 +82,21 @@ class PLSGD(Sync):
         return model
 
     def after_step(self, step: int) -> None:
-        if getattr(self, "averager", None) is not None and self.averager.pending is not None:
-            self.complete_round()  # the all-reduce begun one step ago (--overlap)
         self.steps += 1
         self.steps_since_sync += 1
+        if self.round_in_flight() and self.steps_since_sync >= self.overlap_steps:
+            self.complete_round()  # the all-reduce begun --overlap-steps local steps ago
         if self.steps_since_sync >= self.current_local_steps(step):
             self.synchronize()
         elif self.hierarchy is not None and self.steps % self.hierarchy[0] == 0 and is_distributed():
             self.meter.count_round()
             self.node_averager.average()  # within the node only: the fast link
 
+    def round_in_flight(self) -> bool:
+        return getattr(self, "averager", None) is not None and self.averager.pending is not None
+
     def replicas_agree_now(self) -> bool:
-        return self.steps_since_sync == 0 and (getattr(self, "averager", None) is None
-                                               or self.averager.pending is None)
+        return self.steps_since_sync == 0 and not self.round_in_flight()
 
     def current_local_steps(self, step: int) -> int:
         return self.local_steps
@@ -126,7 +131,7 @@ class PLSGD(Sync):
             FlatBuffer(buffers).average(self.meter)
 
     def after_epoch(self, epoch: int, metrics: dict) -> dict:
-        if getattr(self, "averager", None) is not None and self.averager.pending is not None:
+        if self.round_in_flight():
             self.complete_round()  # nothing in flight across an epoch boundary (checkpoints, evaluation)
         return {}
 
@@ -141,7 +146,7 @@ class PLSGD(Sync):
         yield averaged
 
     def finish(self) -> None:
-        if getattr(self, "averager", None) is not None and self.averager.pending is not None:
+        if self.round_in_flight():
             self.complete_round()
         if self.steps_since_sync:
             self.synchronize(blocking=True)
@@ -166,7 +171,7 @@ def averaging_options(config) -> dict:
     if hierarchy is not None and ranks_per_node < 1:
         raise ValueError("--hierarchy needs to know which ranks share a node: pass --ranks-per-node")
     return {"overlap": config.overlap, "sync_dtype": config.sync_dtype, "hierarchy": hierarchy,
-            "ranks_per_node": ranks_per_node}
+            "ranks_per_node": ranks_per_node, "overlap_steps": config.overlap_steps}
 
 
 class PostLocalSGD(PLSGD):
