@@ -129,9 +129,13 @@ def synthetic(train_size: int, num_classes: int = 10, channels: int = 3, size: i
         labels = torch.randint(0, num_classes, (count,), generator=generator)
         contrast = 0.15 + 0.6 * torch.rand(count, 1, 1, 1, generator=generator)
         brightness = 0.3 * (torch.rand(count, 1, 1, 1, generator=generator) - 0.5)
-        noise = 0.45 * torch.randn(count, channels, size, size, generator=generator)
-        pixels = (templates[labels] - 0.5) * contrast + 0.5 + brightness + noise
-        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels
+        images = torch.empty(count, channels, size, size, dtype=torch.uint8)
+        for start in range(0, count, 2048):  # in chunks: float copies of the whole set would cost 4 bytes/pixel
+            part = slice(start, start + 2048)
+            noise = 0.45 * torch.randn(len(labels[part]), channels, size, size, generator=generator)
+            pixels = (templates[labels[part]] - 0.5) * contrast[part] + 0.5 + brightness[part] + noise
+            images[part] = (pixels.clamp_(0, 1) * 255).round_().to(torch.uint8)
+        return images, labels
 
     train_images, train_labels = draw(train_size)
     test_images, test_labels = draw(max(train_size // 5, num_classes))

@@ -57,7 +57,7 @@ class Config:
 
     # Batches.
     batch_size: int = _field(128, "training images per rank per optimizer step")
-    eval_batch_size: int = _field(1000, "images per rank per evaluation batch")
+    eval_batch_size: int = _field(256, "images per rank per evaluation batch (activation memory grows with it)")
     accumulation_steps: int = _field(1, "micro-batches accumulated per optimizer step")
     max_micro_batch: int = _field(4096, "accumulate automatically when a rank's batch exceeds this many images")
 
