@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from utilities.distributed import CommMeter, all_reduce_mean
@@ -48,3 +50,11 @@ def floating_state(module: torch.nn.Module, include_buffers: bool) -> list:
     if include_buffers:
         tensors += [b for b in module.buffers() if b.is_floating_point()]
     return tensors
+
+
+def averaged_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` holding the mean over ranks of its parameters and buffers (for evaluation
+    between syncs; the live model is untouched and the traffic is not training communication)."""
+    averaged = copy.deepcopy(module)
+    FlatBuffer(floating_state(averaged, include_buffers=True)).average()
+    return averaged

@@ -31,7 +31,7 @@ from train.sync.hogwild_worker import WorkerSpec, worker_main
 from train.sync.partition import balanced_blocks
 from train.sync.plsgd import broadcast_from_rank0
 from utilities.distributed import CommMeter, all_reduce_sum, is_distributed
-from utilities.flat_buffer import FlatBuffer, floating_state
+from utilities.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 POLL_SECONDS = 0.002  # how often the averager looks at the node's step counter
 
@@ -159,9 +159,7 @@ class LAPSGD(Sync):
         if self.node_steps.value == self.synced_at or not is_distributed():
             yield self.model
             return
-        averaged = copy.deepcopy(self.model)
-        FlatBuffer(floating_state(averaged, include_buffers=True)).average()  # evaluation, not training traffic
-        yield averaged
+        yield averaged_copy(self.model)
 
     def finish(self) -> None:
         """Stop the workers, then one last exact average so every node holds the same model."""

@@ -12,7 +12,6 @@ mini-batch SGD (gradients averaged every step) until the switch point, local SGD
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from typing import Optional
 
@@ -22,7 +21,7 @@ import torch.distributed as dist
 from train.sync.base import RunShape, Sync
 from train.sync.averaging import Averager
 from utilities.distributed import CommMeter, all_reduce_mean, is_distributed
-from utilities.flat_buffer import FlatBuffer, floating_state
+from utilities.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 MOMENTUM_SYNC = ("local", "reset", "average")
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
@@ -141,9 +140,7 @@ class PLSGD(Sync):
         if self.steps_since_sync == 0 or not is_distributed():
             yield self.model
             return
-        averaged = copy.deepcopy(self.model)
-        FlatBuffer(floating_state(averaged, include_buffers=True)).average()  # evaluation, not training traffic
-        yield averaged
+        yield averaged_copy(self.model)
 
     def finish(self) -> None:
         if self.round_in_flight():
