@@ -50,7 +50,8 @@ ADDRESSES = ("10.77.0.1", "10.77.0.2")
 DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8,), "TorchPeriodicAverager": (8,)}
 # TYPE+VARIANT adds these main.py flags, e.g. PLSGD+overlap:8 or MBSGD+fp16.
 VARIANTS = {"overlap": ["--overlap"], "overlap3": ["--overlap", "--overlap-steps", "3"],
-            "overlap4": ["--overlap", "--overlap-steps", "4"], "fp16": ["--grad-compression", "fp16"], "bf16sync": ["--sync-dtype", "bf16"]}
+            "overlap4": ["--overlap", "--overlap-steps", "4"], "fp16": ["--grad-compression", "fp16"],
+            "powersgd": ["--grad-compression", "powersgd"], "bf16sync": ["--sync-dtype", "bf16"]}
 DEFAULT_TYPES = ["MBSGD", "PLSGD", "SlowMo", "AdaptiveJ"]
 HEADERS = ["link", "training type", "J", "images/s", "comm seconds", "comm MB per rank", "rounds",
            "final test accuracy (%)"]

@@ -80,10 +80,15 @@ def test_overlap_keeps_accuracy_of_blocking_averaging(tmp_path):
     assert abs(overlap["final_test_accuracy"] - blocking["final_test_accuracy"]) < 0.08
 
 
-def test_fp16_gradient_compression_halves_mbsgd_bytes(tmp_path):
+def test_gradient_compression_hooks_cut_mbsgd_bytes(tmp_path):
     args = [*LEARN_ARGS, "--training-type", "MBSGD", "--epochs", "1"]
-    check_ok(run_main([*args, "--output-dir", str(tmp_path / "fp32")], nproc=2))
-    check_ok(run_main([*args, "--grad-compression", "fp16", "--output-dir", str(tmp_path / "fp16")], nproc=2))
-    fp32, fp16 = summary(tmp_path / "fp32"), summary(tmp_path / "fp16")
+    for compression in ("none", "fp16", "powersgd"):
+        check_ok(run_main([*args, "--grad-compression", compression, "--output-dir", str(tmp_path / compression)],
+                          nproc=2))
+    fp32, fp16, powersgd = (summary(tmp_path / name) for name in ("none", "fp16", "powersgd"))
     assert fp16["comm_bytes"] * 2 == fp32["comm_bytes"]
     assert fp16["replicas_identical"] and fp16["final_test_accuracy"] > 0.5
+    # PowerSGD: 10 plain steps, then rank-2 factors of the MLP's matrices plus its biases.
+    assert powersgd["comm_bytes"] < fp32["comm_bytes"] / 5
+    assert powersgd["comm_rounds"] == fp32["comm_rounds"] and powersgd["comm_collectives"] > fp32["comm_collectives"]
+    assert powersgd["replicas_identical"] and powersgd["final_test_accuracy"] > 0.3

@@ -114,7 +114,7 @@ class Config:
     device: str = _field("auto", "compute device", ("auto", "cpu", "cuda"))
     backend: str = _field("auto", "collective backend (auto: NCCL when every rank has a GPU, else Gloo)", ("auto", "gloo", "nccl"))
     dist_url: str = _field("", "init method such as tcp://host:port (default: from the launcher)")
-    grad_compression: str = _field("none", "MBSGD: gradients sent in this precision (DDP communication hook)", ("none", "fp16", "bf16"))
+    grad_compression: str = _field("none", "MBSGD: gradients sent in reduced precision, or PowerSGD rank-2 (DDP communication hooks)", ("none", "fp16", "bf16", "powersgd"))
     bucket_cap_mb: float = _field(25.0, "MBSGD: DDP gradient bucket size in MB")
     overlap: bool = _field(False, "PLSGD/SlowMo: start the averaging all-reduce without blocking, apply it one local step later")
     overlap_steps: int = _field(1, "--overlap: local steps the all-reduce may run behind before its average is applied")

@@ -9,13 +9,46 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 from torch.nn.parallel import DistributedDataParallel
 
 from train.sync.base import RunShape, Sync
 from utilities.distributed import CommMeter, is_distributed
 
 
-WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
+
+
+class _CountedCollectives:
+    """Stands in for ``torch.distributed`` inside torch's PowerSGD hook, so that every all-reduce it
+    makes (uncompressed tensors, P, Q) is counted in the meter with its exact payload."""
+
+    def __init__(self, meter: CommMeter):
+        self.meter = meter
+
+    def __getattr__(self, name):
+        return getattr(dist, name)
+
+    def all_reduce(self, tensor, *args, **kwargs):
+        self.meter.record(tensor, 0.0)
+        return dist.all_reduce(tensor, *args, **kwargs)
+
+
+def counted_powersgd_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """torch's PowerSGD (Vogels et al. 2019) with error feedback; its first iterations send the plain
+    gradients (torch's warm-up), counted like the default hook. Seconds are each bucket's time in flight."""
+    meter, powersgd_state = state
+    if powersgd_state.iter < powersgd_state.start_powerSGD_iter:
+        powersgd_state.maybe_increase_iter(bucket)
+        return counted_allreduce_hook((meter, None), bucket)
+    started = time.perf_counter()
+    future = powersgd.powerSGD_hook(powersgd_state, bucket)
+
+    def finished(done):
+        meter.seconds += time.perf_counter() - started
+        return done.value()
+
+    return future.then(finished)
 
 
 def counted_allreduce_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -50,7 +83,7 @@ class MBSGD(Sync):
             raise ValueError(f"grad_compression must be one of {tuple(WIRE_DTYPES)}, got {grad_compression!r}")
         if bucket_cap_mb <= 0:
             raise ValueError(f"bucket_cap_mb must be positive, got {bucket_cap_mb}")
-        self.micro_batches, self.bucket_cap_mb = micro_batches, bucket_cap_mb
+        self.micro_batches, self.bucket_cap_mb, self.grad_compression = micro_batches, bucket_cap_mb, grad_compression
         self.wire_dtype = WIRE_DTYPES[grad_compression]
 
     @classmethod
@@ -64,7 +97,14 @@ class MBSGD(Sync):
             return model
         device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
         self.ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb)
-        self.ddp.register_comm_hook((self.meter, self.wire_dtype), counted_allreduce_hook)
+        if self.grad_compression == "powersgd":
+            powersgd.dist = _CountedCollectives(self.meter)
+            # Rank 2 approximations after 10 plain steps; error feedback keeps what compression drops.
+            state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=10,
+                                           use_error_feedback=True, warm_start=True)
+            self.ddp.register_comm_hook((self.meter, state), counted_powersgd_hook)
+        else:
+            self.ddp.register_comm_hook((self.meter, self.wire_dtype), counted_allreduce_hook)
         # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every training forward.
         self.buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
         return self.ddp
