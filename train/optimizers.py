@@ -51,7 +51,31 @@ def _ratio_or_one(numerator: Tensor, denominator: Tensor, weight_norm: Tensor, o
     return torch.where(usable, numerator / denominator, torch.ones_like(numerator))
 
 
-class LARS(torch.optim.Optimizer):
+class _PerTensorOptimizer(torch.optim.Optimizer):
+    """Shared by LARS and LAMB: both update each tensor on its own (its trust ratio needs its norms)."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        # Groups may override the defaults, so their values are checked too.
+        self._check_hyperparameters(self.param_groups[-1])
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                self._update(param, group)
+        return loss
+
+
+class LARS(_PerTensorOptimizer):
     """Momentum SGD with a layer-wise local lr (You, Gitman, Ginsburg 2017, Algorithm 1).
 
     Per tensor with weight w and gradient g:
@@ -81,26 +105,6 @@ class LARS(torch.optim.Optimizer):
         _check_positive("trust_coefficient", group["trust_coefficient"])
         _check_at_least("eps", group["eps"], 0.0)
 
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        # Groups may override the defaults, so their values are checked too.
-        self._check_hyperparameters(self.param_groups[-1])
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("LARS does not support sparse gradients")
-                self._update(param, group)
-        return loss
-
     def _update(self, param: Tensor, group: dict) -> None:
         grad = param.grad
         if _is_excluded(param, group):
@@ -123,7 +127,7 @@ class LARS(torch.optim.Optimizer):
         param.sub_(velocity)
 
 
-class LAMB(torch.optim.Optimizer):
+class LAMB(_PerTensorOptimizer):
     """Adam with a layer-wise trust ratio (You et al. 2019, "Training BERT in 76 minutes", Algorithm 2).
 
     Per tensor with weight w, gradient g and step count t (kept per parameter in state):
@@ -151,25 +155,6 @@ class LAMB(torch.optim.Optimizer):
         _check_unit_interval("betas[1]", group["betas"][1])
         _check_at_least("eps", group["eps"], 0.0)
         _check_at_least("weight_decay", group["weight_decay"], 0.0)
-
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        self._check_hyperparameters(self.param_groups[-1])
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("LAMB does not support sparse gradients")
-                self._update(param, group)
-        return loss
 
     def _update(self, param: Tensor, group: dict) -> None:
         grad = param.grad
