@@ -109,6 +109,8 @@ def train(config: Config) -> None:
     if config.training_type not in SYNC_TYPES:
         raise ConfigError(f"--training-type {config.training_type} is not available; choose one of: "
                           f"{', '.join(SYNC_TYPES)}")
+    if config.dirichlet_alpha and config.training_type in ("LPPSGD", "LAPSGD"):
+        raise ConfigError("--dirichlet-alpha (non-iid shards) is not available for LPPSGD/LAPSGD; use iid shards")
     if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
         raise ConfigError("--workers-per-node (--num-processes) is for --training-type LPPSGD or LAPSGD")
     launch = distributed.detect_launch()
@@ -123,7 +125,7 @@ def train(config: Config) -> None:
 
     data = build_data(config.dataset, config.data_dir, config.download, config.synthetic_size, config.test_ratio,
                       config.val_ratio, config.batch_size, config.eval_batch_size, config.augment, config.seed,
-                      launch.rank, launch.world_size, device)
+                      launch.rank, launch.world_size, device, config.dirichlet_alpha)
     if config.num_classes is not None and config.num_classes != data.num_classes:
         raise ConfigError(f"--num-classes {config.num_classes} does not match {config.dataset}, which has "
                           f"{data.num_classes} classes")

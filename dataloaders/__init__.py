@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indices  # noqa: F401
+from dataloaders.partition import dirichlet_shards
 from dataloaders.sources import DataError, RawData, load_raw  # noqa: F401
 
 
@@ -31,7 +32,8 @@ def split_train_val(raw: RawData, val_ratio: float, seed: int):
 
 def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float,
                val_ratio: float, batch_size: int, eval_batch_size: int, augment: bool, seed: int,
-               rank: int, world_size: int, device: torch.device) -> Data:
+               rank: int, world_size: int, device: torch.device, dirichlet_alpha: float = 0.0) -> Data:
+    """``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.partition); 0 gives iid shards."""
     raw = load_raw(dataset, data_dir, download, synthetic_size, test_ratio, seed)
     (train_images, train_labels), (val_images, val_labels) = split_train_val(raw, val_ratio, seed)
     shard_size = len(train_images) // world_size
@@ -42,8 +44,9 @@ def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int,
     to_device = lambda tensor: tensor.to(device)  # noqa: E731
     # Mirroring digits makes other symbols (a flipped 2 is no 2), so MNIST is only cropped.
     flip = dataset != "mnist"
+    fixed_shard = dirichlet_shards(train_labels, world_size, dirichlet_alpha, seed)[rank] if dirichlet_alpha else None
     train = TrainBatches(to_device(train_images), to_device(train_labels), normalizer, batch_size, rank, world_size,
-                         seed, augment, flip)
+                         seed, augment, flip, fixed_shard)
     val = EvalBatches(to_device(val_images), to_device(val_labels), normalizer, eval_batch_size, rank, world_size)
     test = EvalBatches(to_device(raw.test_images), to_device(raw.test_labels), normalizer, eval_batch_size, rank,
                        world_size)

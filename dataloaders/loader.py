@@ -70,16 +70,23 @@ class TrainBatches:
     """One rank's training batches for one epoch, ``steps_per_epoch`` of ``batch_size`` each."""
 
     def __init__(self, images, labels, normalizer: Normalizer, batch_size: int, rank: int, world_size: int,
-                 seed: int, augment: bool, flip: bool):
+                 seed: int, augment: bool, flip: bool, fixed_shard: torch.Tensor = None):
         self.images, self.labels, self.normalizer = images, labels, normalizer
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.augment, self.flip = augment, flip
-        self.shard_size = len(images) // world_size
+        self.fixed_shard = fixed_shard  # non-iid: this rank's indices for the whole run (dataloaders.partition)
+        self.shard_size = len(images) // world_size if fixed_shard is None else len(fixed_shard)
         self.steps_per_epoch = self.shard_size // batch_size
+
+    def shard(self, epoch: int) -> torch.Tensor:
+        if self.fixed_shard is None:
+            return shard_indices(len(self.images), self.rank, self.world_size, self.seed, epoch)
+        order = torch.randperm(len(self.fixed_shard), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        return self.fixed_shard[order]
 
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield (inputs, targets) for ``epoch``, skipping the first ``start_step`` batches (resume)."""
-        indices = shard_indices(len(self.images), self.rank, self.world_size, self.seed, epoch).to(self.images.device)
+        indices = self.shard(epoch).to(self.images.device)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 4099 + self.rank)
         offsets = torch.randint(0, 2 * PAD + 1, (len(indices), 2), generator=generator).to(self.images.device)
         flips = (torch.rand(len(indices), generator=generator) < 0.5).to(self.images.device) & self.flip

@@ -27,6 +27,7 @@ NON_DEFAULT = {
     "synthetic_size": 512,
     "test_ratio": 0.25,
     "val_ratio": 0.2,
+    "dirichlet_alpha": 0.5,
     "augment": False,
     "num_classes": 100,
     "model": "resnet18",

@@ -45,6 +45,7 @@ class Config:
     synthetic_size: int = _field(10000, "training images in the synthetic data set (test set is a fifth of it)")
     test_ratio: float = _field(0.1, "fraction held out as test set for npy data without test_*.npy files")
     val_ratio: float = _field(0.1, "fraction of the training split held out for validation (seeded, same on every rank)")
+    dirichlet_alpha: float = _field(0.0, "non-iid shards: each rank's class mix ~ Dirichlet(alpha), smaller is more skewed (0 = iid shards)")
     augment: bool = _field(True, "random crop (pad 4) and horizontal flip on training batches (flip off for MNIST)")
     num_classes: Optional[int] = _field(None, "expected class count; checked against the data set")
     model: str = _field("lenet5w", "network", MODELS)
@@ -272,7 +273,7 @@ def validate(config: Config) -> None:
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
-    non_negative = ("max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
+    non_negative = ("dirichlet_alpha", "max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
                     "keep_checkpoints", "epochs_per_job",
                     "prepass_epochs", "slow_lr", "outer_lr")
     for name in non_negative:
