@@ -213,8 +213,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 4
     except (torch.distributed.DistError, RuntimeError) as error:
-        if not distributed.is_distributed():
-            raise  # one process: a real bug, whose traceback is worth reading
+        if not distributed.is_distributed() or not distributed.is_communication_failure(error):
+            raise  # a real bug, whose traceback is worth reading
         print(f"error: rank {torch.distributed.get_rank()} lost contact with the other ranks (one died, timed out "
               f"after --timeout, or the network failed): {str(error).splitlines()[0][:300]}", file=sys.stderr)
         return 1

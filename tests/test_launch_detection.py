@@ -184,3 +184,11 @@ def test_auto_backend_is_nccl_on_cuda_device():
 def test_explicit_gloo_kept():
     assert pick_backend("gloo", torch.device("cpu")) == "gloo"
     assert pick_backend("gloo", torch.device("cuda", 0)) == "gloo"
+
+
+def test_only_link_failures_are_reported_as_lost_contact():
+    from utilities.distributed import is_communication_failure
+
+    peer_gone = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:2985: Connection reset by peer")
+    assert is_communication_failure(peer_gone)
+    assert not is_communication_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"))

@@ -136,6 +136,16 @@ def _torchrun_store(launch: LaunchInfo, timeout: datetime.timedelta):
     return dist.PrefixStore(f"attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
+_LINK_FAILURE_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "peer")
+
+
+def is_communication_failure(error: BaseException) -> bool:
+    """A collective failed because another rank or the network went away (Gloo surfaces some of these as
+    plain RuntimeErrors raised from a future's callback), rather than because of a bug."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in _LINK_FAILURE_WORDS)
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

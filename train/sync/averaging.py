@@ -36,13 +36,15 @@ class Averager:
         self.error = torch.zeros_like(self.reference) if self.wire_dtype is not None else None
         self.pending: Optional[tuple] = None
 
-    def begin(self) -> None:
-        """Snapshot the parameters and start the all-reduce without waiting for it."""
-        snapshot = self.state.gather().clone()
+    def begin(self, overlapping: bool = False) -> None:
+        """Start the all-reduce of the current parameters without waiting for it. Only an overlapped
+        round keeps a snapshot: the parameters move before it completes."""
+        current = self.state.gather()
+        snapshot = current.clone() if overlapping else None
         if self.wire_dtype is None:
-            message = snapshot.clone()
+            message = current.clone() if overlapping else current
         else:
-            change = snapshot - self.reference + self.error
+            change = current - self.reference + self.error
             message = change.to(self.wire_dtype)
             self.error = change - message.float()
         work = dist.all_reduce(message, group=self.group, async_op=True)
@@ -57,7 +59,7 @@ class Averager:
         work.wait()
         # Seconds this rank was blocked: the whole round when blocking, only the tail when overlapped.
         self.meter.record(message, time.perf_counter() - waited)
-        progress = self.state.gather() - snapshot
+        progress = self.state.gather() - snapshot if snapshot is not None else None
         mean = message.float().div_(dist.get_world_size(self.group))
         new_point = mean if self.wire_dtype is None else self.reference + mean
         self.state.scatter(new_point)
@@ -65,12 +67,12 @@ class Averager:
             after_average()
         if self.wire_dtype is not None:
             self.reference = self.state.gather().clone()
-        if progress.any():
+        if progress is not None:
             self.state.scatter(self.state.gather().add_(progress))
 
     def average(self, after_average=None) -> None:
         """One blocking round."""
-        self.begin()
+        self.begin(overlapping=False)
         self.complete(after_average)
 
     def state_dict(self) -> dict:

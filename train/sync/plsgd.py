@@ -107,8 +107,9 @@ class PLSGD(Sync):
         if not is_distributed():
             return
         self.meter.count_round()
-        self.averager.begin()
-        if blocking or not self.overlap:
+        overlapping = self.overlap and not blocking
+        self.averager.begin(overlapping)
+        if not overlapping:
             self.complete_round()
 
     def complete_round(self) -> None:
@@ -203,12 +204,13 @@ class PostLocalSGD(PLSGD):
     def after_step(self, step: int) -> None:
         if step < self.switch_step:
             # Gradients were averaged, so parameters agree; BatchNorm statistics still need it.
-            if self.average_buffers and is_distributed() and any(True for _ in self.model.buffers()):
-                self.average_buffers_only()
+            if self.phase_one_buffers is not None:
+                self.phase_one_buffers.average(self.meter)
             return
         super().after_step(step)
 
-    def average_buffers_only(self) -> None:
-        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
-        if buffers:
-            FlatBuffer(buffers).average(self.meter)
+    def prepare(self, model, optimizer):
+        model = super().prepare(model, optimizer)
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.phase_one_buffers = FlatBuffer(buffers) if buffers and self.average_buffers and is_distributed() else None
+        return model
