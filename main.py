@@ -21,7 +21,8 @@ import torch
 
 from dataloaders import DataError, build_data
 from models import apply_ghost_batch_norm, build_model
-from train.loop import LoopSettings, ReplicasDiffer, Trainer, TrainingDiverged
+from train.loop import LoopSettings, ReplicasDiffer, Trainer
+from train.sync.base import TrainingDiverged
 from train.optimizers import build_optimizer
 from train.schedules import Schedule, default_warmup_start, scaled_lr
 from train.sync import SYNC_TYPES, RunShape, build_sync
@@ -148,7 +149,7 @@ def train(config: Config) -> None:
         scheduler = schedule.scheduler(optimizer)
         meter = distributed.CommMeter()
         sync = build_sync(config.training_type, config, meter,
-                          RunShape(micro_batches, steps_per_epoch, epochs, schedule))
+                          RunShape(micro_batches, steps_per_epoch, epochs, schedule, max_steps))
 
     settings = LoopSettings(epochs=epochs, max_steps=max_steps, micro_batches=micro_batches,
                             eval_every=config.eval_every, log_every=config.log_every,

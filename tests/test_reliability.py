@@ -15,6 +15,7 @@ from utilities.checkpoint import load_checkpoint
 SMALL = ["--dataset", "synthetic", "--synthetic-size", "1400", "--model", "mlp", "--batch-size", "32",
          "--log-every", "1000", "--deterministic"]
 TIMING_FIELDS = {"images_per_second", "train_seconds", "wall_seconds", "comm_seconds", "epoch_comm_seconds",
+                 "comm_inflight_seconds",
                  "compute_seconds"}
 
 

@@ -53,7 +53,7 @@ def test_plsgd_replicas_agree_exactly_after_each_sync_and_counts_are_exact(world
     assert comm["comm_rounds"] == rounds
     assert comm["comm_collectives"] == rounds  # one flat all-reduce per round, never one per tensor
     assert comm["comm_bytes"] == rounds * state_bytes
-    counts = lambda snapshot: {k: v for k, v in snapshot.items() if k != "comm_seconds"}  # noqa: E731
+    counts = lambda snapshot: {k: v for k, v in snapshot.items() if not k.endswith("seconds")}  # noqa: E731
     assert all(counts(result[1]) == counts(comm) for result in results)
 
 
@@ -147,3 +147,41 @@ def _adaptive_ranks_agree(rank, world_size):
 def test_adaptive_j_rank0_decides_and_every_rank_follows():
     results = spawn_ranks(_adaptive_ranks_agree, 2)
     assert results[0] == results[1] == [8, 16, 32]
+
+
+def _adaptive_overlap_below_depth(rank, world_size):
+    """J falls from 4 to 1 under --overlap --overlap-steps 3: every round begun is completed, none overwritten."""
+    controller = LocalStepsController(4, 1, 8, "threshold", (0.02, 0.005, 0.001), total_epochs=4)
+    meter = CommMeter()
+    sync = AdaptiveJ(meter, controller, overlap=True, overlap_steps=3)
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    completed = []
+    sync.prepare(model, optimizer)
+    complete = sync.averager.complete
+
+    def counting_complete(*args, **kwargs):
+        completed.append(1)
+        return complete(*args, **kwargs)
+
+    sync.averager.complete = counting_complete
+    js = []
+    for epoch, loss in enumerate([1.0, 2.0, 3.0, 4.0]):  # rising loss: J halves twice, 4 -> 2 -> 1
+        generator = torch.Generator().manual_seed(100 * epoch + rank)
+        for step in range(4):
+            inputs, targets = torch.randn(16, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+            torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            sync.after_step(step)
+        sync.settle()
+        js.append(sync.after_epoch(epoch, {"val_loss": loss})["local_steps"])
+    sync.finish()
+    return js, meter.rounds, len(completed), replicas_identical(model)
+
+
+def test_adaptive_j_with_overlap_completes_every_round_when_j_falls_below_the_depth():
+    for js, rounds, completed, identical in spawn_ranks(_adaptive_overlap_below_depth, 2):
+        assert js == [4, 2, 1, 1]
+        assert rounds == completed == 1 + 1 + 2 + 4  # epochs of 4 steps with J = 4, 4, 2, 1
+        assert identical

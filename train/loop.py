@@ -17,14 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from dataloaders import Data, EvalBatches
-from train.sync.base import Sync
+from train.sync.base import Sync, TrainingDiverged
 from utilities.checkpoint import save_checkpoint
 from utilities.distributed import CommMeter, all_reduce_sum, replicas_identical, world_size
 from utilities.run_files import RunFiles
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 class ReplicasDiffer(RuntimeError):
@@ -82,6 +78,10 @@ class Trainer:
         self.progress = Progress()
         self.train_model = sync.prepare(model, optimizer)
         self.identity = {}  # set by main: what a checkpoint must match to be resumed
+        self.diverged = None  # why this rank must stop (--on-nan stop), until every rank knows
+        # --on-nan skip leaves a skipped step without trace, BatchNorm statistics included.
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.skip_restores = buffers if settings.on_nan == "skip" else []
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -116,6 +116,7 @@ class Trainer:
         """One optimizer step, accumulating gradients over the micro-batches; returns (loss sum, correct)."""
         micro_inputs = inputs.tensor_split(self.settings.micro_batches)
         micro_targets = targets.tensor_split(self.settings.micro_batches)
+        buffers_before = [b.clone() for b in self.skip_restores]
         loss_sum, correct = 0.0, 0
         for index, (x, y) in enumerate(zip(micro_inputs, micro_targets)):
             last = index == len(micro_inputs) - 1
@@ -126,15 +127,13 @@ class Trainer:
                 (loss * (len(y) / len(targets))).backward()
             loss_sum = loss_sum + loss.detach() * len(y)
             correct = correct + (logits.detach().argmax(dim=1) == y).sum()
-        finite = bool(torch.isfinite(loss_sum))
-        if not finite and self.settings.on_nan == "stop":
-            lr = self.optimizer.param_groups[0]["lr"]
-            raise TrainingDiverged(f"loss is {loss_sum.item() / len(targets)} at step {self.progress.step} "
-                                   f"(lr {lr:.4g}); lower --lr, add --warmup-epochs, or pass --on-nan skip")
         self.sync.before_step(self.progress.step)
+        finite = self.update_is_finite(loss_sum)
         if finite:
             self.optimizer.step()
-        else:  # --on-nan skip: drop this update; the sync hooks still run so every rank makes the same collectives
+        else:  # the sync hooks still run, so every rank makes the same collectives
+            if buffers_before:
+                torch._foreach_copy_(self.skip_restores, buffers_before)
             self.progress.skipped_steps += 1
             loss_sum, correct = torch.zeros_like(loss_sum), torch.zeros_like(correct)
         # Before the scheduler (SlowMo needs this step's LR) and before the gradients go (torch's
@@ -146,6 +145,31 @@ class Trainer:
         if self.settings.check_replicas and self.sync.replicas_agree_now() and not replicas_identical(self.model):
             raise ReplicasDiffer(f"ranks hold different models right after the sync of step {self.progress.step}")
         return loss_sum, correct
+
+    def update_is_finite(self, loss_sum: torch.Tensor) -> bool:
+        """Whether this step's update is taken (--on-nan). Every rank must decide alike: where the
+        gradients were averaged, on them (a NaN on one rank reached all); otherwise on the local loss,
+        and a rank that must stop poisons its model so the next averaging round stops every rank
+        (train.sync.averaging), with the epoch's metrics reduction as the latest meeting point."""
+        step = self.progress.step
+        if self.sync.gradients_shared(step):
+            gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(gradients)).sum()))
+        else:
+            finite = bool(torch.isfinite(loss_sum))
+        if finite or self.settings.on_nan != "stop":
+            return finite
+        lr = self.optimizer.param_groups[0]["lr"]
+        reason = (f"loss is not finite at step {step} (lr {lr:.4g}); lower --lr, add --warmup-epochs, "
+                  f"or pass --on-nan skip")
+        if self.sync.gradients_shared(step) or world_size() == 1:
+            raise TrainingDiverged(reason)
+        if self.diverged is None:
+            self.diverged = reason
+            with torch.no_grad():
+                for parameter in self.model.parameters():
+                    parameter.fill_(math.nan)
+        return False
 
     def train_epoch(self, epoch: int) -> dict:
         self.train_model.train()
@@ -169,7 +193,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        total_loss, total_correct, total_images = all_reduce_sum([loss_sum.item(), correct.item(), images], self.device)
+        total_loss, total_correct, total_images, diverged_ranks = all_reduce_sum(
+            [loss_sum.item(), correct.item(), images, self.diverged is not None], self.device)
+        if diverged_ranks:  # before any evaluation or checkpoint of a poisoned model
+            raise TrainingDiverged(self.diverged or f"{diverged_ranks:.0f} other rank(s) stopped: their loss is not "
+                                   f"finite; lower --lr, add --warmup-epochs, or pass --on-nan skip")
         return {"train_loss": total_loss / max(total_images, 1), "train_accuracy": total_correct / max(total_images, 1),
                 "images_per_second": total_images / seconds, "train_seconds": seconds}
 
@@ -177,10 +205,15 @@ class Trainer:
         if not (final or (epoch + 1) % self.settings.eval_every == 0):
             return {"val_loss": None, "val_accuracy": None, "test_loss": None, "test_accuracy": None}
         with self.sync.eval_model() as model:
+            self.check_evaluated(model, f"epoch {epoch + 1}")
             val_loss, val_accuracy = evaluate(model, self.data.val, self.device)
             test_loss, test_accuracy = evaluate(model, self.data.test, self.device)
         return {"val_loss": val_loss, "val_accuracy": val_accuracy, "test_loss": test_loss,
                 "test_accuracy": test_accuracy}
+
+    def check_evaluated(self, model: torch.nn.Module, when: str) -> None:
+        if self.settings.check_replicas and not replicas_identical(model):
+            raise ReplicasDiffer(f"ranks evaluated different models at {when}")
 
     def run(self):
         """Train from ``self.progress`` to the end and return the summary (None when stopped early by
@@ -191,6 +224,9 @@ class Trainer:
             epoch_started = time.perf_counter()
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.sync.train_epoch(epoch, self) or self.train_epoch(epoch))
+            settling = time.perf_counter()
+            self.sync.settle()  # waiting for a round still in flight is training time
+            row["train_seconds"] += time.perf_counter() - settling
             final = epoch + 1 == self.settings.epochs or self.finished_steps()
             row.update(self.evaluate_epoch(epoch, final))
             row.update(self.sync.after_epoch(epoch, row))
@@ -227,6 +263,7 @@ class Trainer:
         rounds_before = self.meter.rounds
         self.sync.finish()
         with self.sync.eval_model() as model:
+            self.check_evaluated(model, "the end")
             test_loss, test_accuracy = evaluate(model, self.data.test, self.device)
             if self.meter.rounds != rounds_before:  # the final sync changed the model: re-check validation
                 _, val_accuracy = evaluate(model, self.data.val, self.device)

@@ -160,32 +160,44 @@ class CommMeter:
     A round is one agreement of the ranks (an MBSGD step, a local-SGD averaging), however
     many collectives it takes. Bytes are the payload a rank contributes (numel x element
     size), a figure that does not depend on the all-reduce algorithm the backend picks.
+    ``seconds`` is the one time figure every training type means alike: how long training
+    was held up waiting for communication. ``inflight_seconds`` is how long collectives were
+    in flight, overlapped with computation or not (equal to ``seconds`` for blocking ones).
     """
 
-    FIELDS = ("comm_rounds", "comm_collectives", "comm_bytes", "comm_seconds")
+    FIELDS = ("comm_rounds", "comm_collectives", "comm_bytes", "comm_seconds", "comm_inflight_seconds")
 
     def __init__(self):
         self.rounds = 0
         self.collectives = 0
         self.bytes = 0
         self.seconds = 0.0
+        self.inflight_seconds = 0.0
 
     def count_round(self) -> None:
         self.rounds += 1
 
-    def record(self, tensor: torch.Tensor, seconds: float) -> None:
+    def record(self, tensor: torch.Tensor, seconds: float, inflight_seconds: Optional[float] = None) -> None:
+        """One collective of ``tensor`` that held training up for ``seconds`` and was in flight for
+        ``inflight_seconds`` (default: the same, a blocking collective)."""
         self.collectives += 1
         self.bytes += tensor.numel() * tensor.element_size()
+        self.add_time(seconds, seconds if inflight_seconds is None else inflight_seconds)
+
+    def add_time(self, seconds: float, inflight_seconds: float) -> None:
         self.seconds += seconds
+        self.inflight_seconds += inflight_seconds
 
     def snapshot(self) -> dict:
-        return dict(zip(self.FIELDS, (self.rounds, self.collectives, self.bytes, self.seconds)))
+        return dict(zip(self.FIELDS, (self.rounds, self.collectives, self.bytes, self.seconds, self.inflight_seconds)))
 
     def state_dict(self) -> dict:
         return self.snapshot()
 
     def load_state_dict(self, state: dict) -> None:
-        self.rounds, self.collectives, self.bytes, self.seconds = (state[name] for name in self.FIELDS)
+        state = {"comm_inflight_seconds": state["comm_seconds"], **state}  # checkpoints written before it existed
+        self.rounds, self.collectives, self.bytes, self.seconds, self.inflight_seconds = (
+            state[name] for name in self.FIELDS)
 
 
 def all_reduce_mean(tensor: torch.Tensor, meter: Optional[CommMeter] = None, group=None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from train.sync.base import TrainingDiverged
 from utilities.distributed import CommMeter
 from utilities.flat_buffer import FlatBuffer
 
@@ -27,7 +28,8 @@ WIRE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Averager:
-    def __init__(self, state: FlatBuffer, meter: CommMeter, wire_dtype: str = "fp32", group=None):
+    def __init__(self, state: FlatBuffer, meter: CommMeter, wire_dtype: str = "fp32", group=None,
+                 check_finite: bool = True):
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {tuple(WIRE_DTYPES)}, got {wire_dtype!r}")
         self.state, self.meter, self.group = state, meter, group
@@ -35,10 +37,14 @@ class Averager:
         self.reference = state.gather().clone() if self.wire_dtype is not None else None
         self.error = torch.zeros_like(self.reference) if self.wire_dtype is not None else None
         self.pending: Optional[tuple] = None
+        # A rank that must stop (--on-nan stop) sends NaN: a non-finite average stops every rank at once.
+        self.check_finite = check_finite
 
     def begin(self, overlapping: bool = False) -> None:
         """Start the all-reduce of the current parameters without waiting for it. Only an overlapped
         round keeps a snapshot: the parameters move before it completes."""
+        if self.pending is not None:
+            raise RuntimeError("an averaging round is still in flight; complete it before beginning another")
         current = self.state.gather()
         snapshot = current.clone() if overlapping else None
         if self.wire_dtype is None:
@@ -48,19 +54,23 @@ class Averager:
             message = change.to(self.wire_dtype)
             self.error = change - message.float()
         work = dist.all_reduce(message, group=self.group, async_op=True)
-        self.pending = (snapshot, message, work)
+        self.pending = (snapshot, message, work, time.perf_counter())
 
     def complete(self, after_average=None) -> None:
         """Wait for the round begun last, install the average (then ``after_average()``, e.g. an
         outer optimizer step), and keep whatever local progress was made in between."""
-        snapshot, message, work = self.pending
+        snapshot, message, work, begun = self.pending
         self.pending = None
         waited = time.perf_counter()
         work.wait()
-        # Seconds this rank was blocked: the whole round when blocking, only the tail when overlapped.
-        self.meter.record(message, time.perf_counter() - waited)
+        # Held up: the whole round when blocking, only the tail when overlapped. In flight: until now.
+        done = time.perf_counter()
+        self.meter.record(message, done - waited, done - begun)
         progress = self.state.gather() - snapshot if snapshot is not None else None
         mean = message.float().div_(dist.get_world_size(self.group))
+        if self.check_finite and not bool(torch.isfinite(mean).all()):
+            raise TrainingDiverged("the averaged model is not finite: a rank's loss diverged (or one was stopped by "
+                                   "--on-nan stop); lower --lr, add --warmup-epochs, or pass --on-nan skip")
         new_point = mean if self.wire_dtype is None else self.reference + mean
         self.state.scatter(new_point)
         if after_average is not None:
@@ -74,6 +84,12 @@ class Averager:
         """One blocking round."""
         self.begin(overlapping=False)
         self.complete(after_average)
+
+    def restart_from_current(self) -> None:
+        """Make the current (agreed) parameters the reference of later reduced-precision changes."""
+        if self.wire_dtype is not None:
+            self.reference = self.state.gather().clone()
+            self.error.zero_()
 
     def state_dict(self) -> dict:
         return {"reference": self.reference, "error": self.error}

@@ -15,6 +15,10 @@ import torch
 from utilities.distributed import CommMeter
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss (or, after an averaging round, the agreed model) became NaN or infinite."""
+
+
 @dataclass(frozen=True)
 class RunShape:
     """The few facts about the run a sync object may need besides its own settings."""
@@ -23,6 +27,7 @@ class RunShape:
     steps_per_epoch: int = 1
     epochs: int = 1
     schedule: Optional[object] = None  # train.schedules.Schedule: the LR as a function of the step
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
 
 
 class Sync:
@@ -48,8 +53,17 @@ class Sync:
     def before_step(self, step: int) -> None:
         """After the gradients of optimizer step ``step`` (0-based) exist, before the update."""
 
+    def gradients_shared(self, step: int) -> bool:
+        """True when every rank holds the same (averaged) gradients at ``step``: a decision taken on
+        them (skip or stop on a non-finite value) is then the same on every rank without a word."""
+        return False
+
     def after_step(self, step: int) -> None:
         """After optimizer step ``step`` (0-based): communicate when it is time."""
+
+    def settle(self) -> None:
+        """Complete whatever is still in flight, so the model evaluated and checkpointed after an
+        epoch is the one the ranks agreed on."""
 
     def after_epoch(self, epoch: int, metrics: dict) -> dict:
         """React to an epoch's reduced metrics; return extra figures to log (e.g. the current J)."""

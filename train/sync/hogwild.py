@@ -40,7 +40,7 @@ class LAPSGD(Sync):
     partitioned = False
 
     def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
-                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None):
+                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None, max_steps: int = 0):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
@@ -48,11 +48,14 @@ class LAPSGD(Sync):
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.local_steps, self.workers, self.prepass_epochs = local_steps, workers, prepass_epochs
         self.optimizer_name, self.optimizer_kwargs, self.schedule = optimizer, optimizer_kwargs, schedule
-        self.average_buffers = average_buffers
+        self.average_buffers, self.max_steps = average_buffers, max_steps
         self.all_reduce = all_reduce or dist.all_reduce
         self.context = mp.get_context("spawn")
         self.node_steps = self.context.Value("q", 0)  # optimizer steps of all this node's workers
         self.synced_at = 0  # node step count at the last averaging round
+        # Node step count when the ranks last held one model: after a round made while the workers were
+        # idle. A round made while they train keeps their updates on top of the average, different per rank.
+        self.identical_at = 0
         self.steps_during_rounds = 0  # node steps the workers took while a round was in flight
         self.processes, self.worker_states = [], {}
 
@@ -62,7 +65,7 @@ class LAPSGD(Sync):
                   "weight_decay": config.weight_decay, "trust_coefficient": config.trust_coefficient,
                   "exclude_bias_and_norm": config.lars_exclude_bias_norm}
         return cls(meter, config.local_steps, config.workers_per_node, config.optimizer, kwargs, shape.schedule,
-                   config.prepass_epochs, config.average_buffers)
+                   config.prepass_epochs, config.average_buffers, max_steps=shape.max_steps)
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -88,8 +91,8 @@ class LAPSGD(Sync):
             data.rank, data.world_size = self.rank * self.workers + index, self.world_size * self.workers
             data.shard_size = len(train.images) // data.world_size
             data.steps_per_epoch = data.shard_size // train.batch_size
-            spec = WorkerSpec(self.rank, self.workers, self.optimizer_name, self.optimizer_kwargs, self.schedule,
-                              threads, block, self.prepass_epochs, self.worker_states.get(index))
+            spec = WorkerSpec(self.optimizer_name, self.optimizer_kwargs, self.schedule, threads, block,
+                              self.prepass_epochs, self.worker_states.get(index), self.max_steps)
             process = self.context.Process(target=worker_main, daemon=True, name=f"hogwild-{self.rank}-{index}",
                                            args=(index, spec, self.model, data, self.commands[index], self.results,
                                                  self.node_steps))
@@ -107,6 +110,7 @@ class LAPSGD(Sync):
         if not self.processes:
             self.start_workers(trainer.data.train)
         lr = self.schedule.lr_at(self.node_steps.value)
+        steps_during_rounds_before = self.steps_during_rounds
         started = time.perf_counter()
         for commands in self.commands:
             commands.put(epoch)
@@ -119,7 +123,7 @@ class LAPSGD(Sync):
                 self.check_workers()
                 continue
             reports[index] = report
-        self.average_when_due()
+        self.average_when_due(workers_idle=True)
         seconds = time.perf_counter() - started
         self.worker_states = {index: report[3] for index, report in reports.items()}
         trainer.progress.step = self.node_steps.value
@@ -127,14 +131,14 @@ class LAPSGD(Sync):
         loss, correct, images = all_reduce_sum([loss, correct, images], trainer.device)
         return {"lr": lr, "train_loss": loss / images, "train_accuracy": correct / images,
                 "images_per_second": images / seconds, "train_seconds": seconds,
-                "node_steps_during_sync": self.steps_during_rounds}
+                "node_steps_during_sync": self.steps_during_rounds - steps_during_rounds_before}
 
-    def average_when_due(self) -> None:
+    def average_when_due(self, workers_idle: bool = False) -> None:
         while self.node_steps.value - self.synced_at >= self.local_steps:
             self.synced_at += self.local_steps
-            self.average_in_place()
+            self.average_in_place(workers_idle)
 
-    def average_in_place(self) -> None:
+    def average_in_place(self, workers_idle: bool = False) -> None:
         """One round that never stops the workers: live = mean(snapshot) + (live - snapshot)."""
         if not is_distributed():
             return
@@ -144,7 +148,9 @@ class LAPSGD(Sync):
         steps_before = self.node_steps.value
         started = time.perf_counter()
         self.all_reduce(average)
-        self.meter.record(average, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        # Training is held up only when the workers have nothing to do meanwhile (end of an epoch).
+        self.meter.record(average, seconds if workers_idle else 0.0, seconds)
         average.div_(self.world_size)
         sizes = [t.numel() for t in self.state.tensors]
         with torch.no_grad():
@@ -152,11 +158,13 @@ class LAPSGD(Sync):
                 # live - snapshot is what the workers did meanwhile (exactly 0 if nothing): keep it on the mean.
                 tensor.sub_(before.view_as(tensor)).add_(mean.view_as(tensor))
         self.steps_during_rounds += self.node_steps.value - steps_before
+        if workers_idle:
+            self.identical_at = self.node_steps.value
 
     @contextlib.contextmanager
     def eval_model(self):
         """Workers are idle between epochs; nodes differ until the next round, so evaluate their average."""
-        if self.node_steps.value == self.synced_at or not is_distributed():
+        if self.node_steps.value == self.identical_at or not is_distributed():
             yield self.model
             return
         yield averaged_copy(self.model)
@@ -170,17 +178,18 @@ class LAPSGD(Sync):
             if process.is_alive():
                 process.kill()
         self.processes = []
-        if self.node_steps.value != self.synced_at and is_distributed():
-            self.synced_at = self.node_steps.value
+        if self.node_steps.value != self.identical_at and is_distributed():
+            self.synced_at = self.identical_at = self.node_steps.value
             self.meter.count_round()
             self.state.average(self.meter)  # no worker runs now: copy the average itself, bit for bit
 
     def state_dict(self) -> dict:
-        return {"node_steps": self.node_steps.value, "synced_at": self.synced_at,
+        return {"node_steps": self.node_steps.value, "synced_at": self.synced_at, "identical_at": self.identical_at,
                 "steps_during_rounds": self.steps_during_rounds, "worker_states": self.worker_states}
 
     def load_state_dict(self, state: dict) -> None:
         self.node_steps.value, self.synced_at = state["node_steps"], state["synced_at"]
+        self.identical_at = state.get("identical_at", -1)
         self.steps_during_rounds, self.worker_states = state["steps_during_rounds"], state["worker_states"]
 
 

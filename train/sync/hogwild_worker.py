@@ -23,8 +23,6 @@ from train.schedules import Schedule
 class WorkerSpec:
     """Everything a worker needs besides the shared model and data, all picklable."""
 
-    node_rank: int
-    workers: int
     optimizer: str
     optimizer_kwargs: dict
     schedule: Schedule
@@ -32,6 +30,7 @@ class WorkerSpec:
     block: Optional[tuple] = None  # (start, stop) parameter indices of this worker's LPPSGD partition
     prepass_epochs: int = 0
     optimizer_state: Optional[dict] = None
+    max_steps: int = 0  # the node stops after this many steps (0 = no limit)
 
 
 def use_block(parameters: list, block: Optional[tuple]) -> None:
@@ -55,6 +54,16 @@ def hogwild_step(model, optimizer, inputs, targets, parameters, block) -> tuple:
     return loss.detach().double() * len(targets), (logits.detach().argmax(dim=1) == targets).sum()
 
 
+def take_step(node_steps, max_steps: int) -> bool:
+    """Claim the node's next step (False once --max-steps are taken); the claim is atomic, so the node
+    takes exactly max_steps steps however many workers race for the last ones."""
+    with node_steps.get_lock():
+        if max_steps and node_steps.value >= max_steps:
+            return False
+        node_steps.value += 1
+        return True
+
+
 def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps) -> None:
     """Process entry: run the epochs the coordinator asks for until it sends None."""
     os.environ["OMP_NUM_THREADS"] = str(spec.threads)
@@ -71,14 +80,14 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
         correct = torch.zeros((), dtype=torch.int64)
         images = 0
         for step, (inputs, targets) in enumerate(train.epoch(epoch)):
-            lr = spec.schedule.lr_at(node_steps.value)
+            if not take_step(node_steps, spec.max_steps):
+                break
+            lr = spec.schedule.lr_at(node_steps.value - 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # After the prepass, partitioned steps alternate with full steps (LPP-SGD).
             block = spec.block if partitioned and step % 2 == 0 else None
             step_loss, step_correct = hogwild_step(model, optimizer, inputs, targets, parameters, block)
-            with node_steps.get_lock():
-                node_steps.value += 1
             loss_sum += step_loss
             correct += step_correct
             images += len(targets)

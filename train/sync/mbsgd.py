@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train.sync.base import RunShape, Sync
 from utilities.distributed import CommMeter, is_distributed
+from utilities.flat_buffer import FlatBuffer
 
 
 WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
@@ -30,22 +31,54 @@ class _CountedCollectives:
         return getattr(dist, name)
 
     def all_reduce(self, tensor, *args, **kwargs):
-        self.meter.record(tensor, 0.0)
+        self.meter.record(tensor, 0.0, 0.0)  # times: BucketTimes, per step
         return dist.all_reduce(tensor, *args, **kwargs)
+
+
+class BucketTimes:
+    """When DDP's bucket all-reduces of one step were launched and finished.
+
+    The last bucket is launched when the backward pass has computed its last gradient; from then
+    on the step only waits. So the step was held up from that launch until the last bucket
+    finished, and communication was in flight from the first launch to the last finish.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.first_launch = self.last_launch = self.last_finish = None
+
+    def launched(self) -> float:
+        now = time.perf_counter()
+        self.first_launch = self.first_launch if self.first_launch is not None else now
+        self.last_launch = now
+        return now
+
+    def finished(self) -> None:
+        self.last_finish = max(self.last_finish or 0.0, time.perf_counter())
+
+    def step_seconds(self) -> tuple:
+        """(held up, in flight) for the step whose buckets were timed; then start over."""
+        if self.last_launch is None:
+            return 0.0, 0.0
+        times = max(0.0, self.last_finish - self.last_launch), self.last_finish - self.first_launch
+        self.clear()
+        return times
 
 
 def counted_powersgd_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """torch's PowerSGD (Vogels et al. 2019) with error feedback; its first iterations send the plain
-    gradients (torch's warm-up), counted like the default hook. Seconds are each bucket's time in flight."""
-    meter, powersgd_state = state
+    gradients (torch's warm-up), counted like the default hook."""
+    meter, times, powersgd_state = state
     if powersgd_state.iter < powersgd_state.start_powerSGD_iter:
         powersgd_state.maybe_increase_iter(bucket)
-        return counted_allreduce_hook((meter, None), bucket)
-    started = time.perf_counter()
+        return counted_allreduce_hook((meter, times, None), bucket)
+    times.launched()
     future = powersgd.powerSGD_hook(powersgd_state, bucket)
 
     def finished(done):
-        meter.seconds += time.perf_counter() - started
+        times.finished()
         return done.value()
 
     return future.then(finished)
@@ -54,19 +87,17 @@ def counted_powersgd_hook(state, bucket: dist.GradBucket) -> torch.futures.Futur
 def counted_allreduce_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP's all-reduce of a gradient bucket (mean over ranks), optionally sent in fp16/bf16 (as DDP's
     fp16_compress_hook does), and counted in the meter with the bytes that actually go on the wire.
-
-    DDP overlaps these with the backward pass, so the seconds recorded are the time each
-    bucket's all-reduce was in flight, not time the step waited for it.
-    """
-    meter, wire_dtype = state
+    DDP overlaps these with the backward pass; ``BucketTimes`` turns their times into held-up seconds."""
+    meter, times, wire_dtype = state
     buffer = bucket.buffer()
     message = buffer if wire_dtype is None else buffer.to(wire_dtype)
     message.div_(dist.get_world_size())
-    started = time.perf_counter()
+    meter.record(message, 0.0, 0.0)
+    times.launched()
     future = dist.all_reduce(message, async_op=True).get_future()
 
     def finished(done):
-        meter.record(message, time.perf_counter() - started)
+        times.finished()
         if wire_dtype is None:
             return done.value()[0]
         buffer.copy_(done.value()[0])
@@ -76,19 +107,19 @@ def counted_allreduce_hook(state, bucket: dist.GradBucket) -> torch.futures.Futu
 
 
 class MBSGD(Sync):
-    def __init__(self, meter: CommMeter, micro_batches: int = 1, grad_compression: str = "none",
+    def __init__(self, meter: CommMeter, grad_compression: str = "none",
                  bucket_cap_mb: float = 25.0):
         super().__init__(meter)
         if grad_compression not in WIRE_DTYPES:
             raise ValueError(f"grad_compression must be one of {tuple(WIRE_DTYPES)}, got {grad_compression!r}")
         if bucket_cap_mb <= 0:
             raise ValueError(f"bucket_cap_mb must be positive, got {bucket_cap_mb}")
-        self.micro_batches, self.bucket_cap_mb, self.grad_compression = micro_batches, bucket_cap_mb, grad_compression
+        self.bucket_cap_mb, self.grad_compression = bucket_cap_mb, grad_compression
         self.wire_dtype = WIRE_DTYPES[grad_compression]
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape) -> "MBSGD":
-        return cls(meter, shape.micro_batches, config.grad_compression, config.bucket_cap_mb)
+        return cls(meter, config.grad_compression, config.bucket_cap_mb)
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -96,32 +127,43 @@ class MBSGD(Sync):
             self.ddp = None
             return model
         device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
-        self.ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb)
+        # Buffers (BatchNorm statistics) are averaged after each step instead of DDP's broadcast of rank 0's
+        # before each forward: that left every rank with its own statistics after the step, so replicas never
+        # agreed and evaluation differed per rank.
+        self.ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb,
+                                           broadcast_buffers=False)
+        self.times = BucketTimes()
         if self.grad_compression == "powersgd":
             powersgd.dist = _CountedCollectives(self.meter)
             # Rank 2 approximations after 10 plain steps; error feedback keeps what compression drops.
             state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=10,
                                            use_error_feedback=True, warm_start=True)
-            self.ddp.register_comm_hook((self.meter, state), counted_powersgd_hook)
+            self.ddp.register_comm_hook((self.meter, self.times, state), counted_powersgd_hook)
         else:
-            self.ddp.register_comm_hook((self.meter, self.wire_dtype), counted_allreduce_hook)
-        # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every training forward.
-        self.buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+            self.ddp.register_comm_hook((self.meter, self.times, self.wire_dtype), counted_allreduce_hook)
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.buffers = FlatBuffer(buffers) if buffers else None
         return self.ddp
 
     def no_sync(self):
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
+    def gradients_shared(self, step: int) -> bool:
+        return self.ddp is not None
+
     def replicas_agree_now(self) -> bool:
         return True
+
+    def before_step(self, step: int) -> None:
+        if self.ddp is not None:
+            self.meter.add_time(*self.times.step_seconds())
 
     def after_step(self, step: int) -> None:
         if self.ddp is None:
             return
         self.meter.count_round()
-        if self.buffer_bytes:
-            self.meter.bytes += self.buffer_bytes * self.micro_batches
-            self.meter.collectives += self.micro_batches
+        if self.buffers is not None:
+            self.buffers.average(self.meter)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -77,15 +77,16 @@ class PLSGD(Sync):
                 if dist.get_world_size() % self.ranks_per_node:
                     raise ValueError(f"{dist.get_world_size()} ranks do not split into nodes of {self.ranks_per_node}")
                 node_group, _ = dist.new_subgroups(group_size=self.ranks_per_node)
-                self.node_averager = Averager(self.state, self.meter, group=node_group)
+                # Only the global round checks for a stopped rank: every rank takes part in it.
+                self.node_averager = Averager(self.state, self.meter, group=node_group, check_finite=False)
         return model
 
     def after_step(self, step: int) -> None:
         self.steps += 1
         self.steps_since_sync += 1
-        if self.round_in_flight() and self.steps_since_sync >= self.overlap_steps:
+        if self.round_in_flight() and self.steps_since_sync >= self.overlap_depth():
             self.complete_round()  # the all-reduce begun --overlap-steps local steps ago
-        if self.steps_since_sync >= self.current_local_steps(step):
+        if self.steps_since_sync >= self.local_steps:
             self.synchronize()
         elif self.hierarchy is not None and self.steps % self.hierarchy[0] == 0 and is_distributed():
             self.meter.count_round()
@@ -95,10 +96,12 @@ class PLSGD(Sync):
         return getattr(self, "averager", None) is not None and self.averager.pending is not None
 
     def replicas_agree_now(self) -> bool:
-        return self.steps_since_sync == 0 and not self.round_in_flight()
+        """Parameters and buffers alike on every rank (buffers kept per rank never are, until the end)."""
+        return self.steps_since_sync == 0 and not self.round_in_flight() and self.average_buffers
 
-    def current_local_steps(self, step: int) -> int:
-        return self.local_steps
+    def overlap_depth(self) -> int:
+        """Local steps a round stays in flight: --overlap-steps, below J (AdaptiveJ may shrink J)."""
+        return min(self.overlap_steps, self.local_steps - 1) if self.overlap else 0
 
     def synchronize(self, blocking: bool = False) -> None:
         """One averaging round across all ranks: parameters (+ buffers) in one all-reduce, then the
@@ -107,7 +110,7 @@ class PLSGD(Sync):
         if not is_distributed():
             return
         self.meter.count_round()
-        overlapping = self.overlap and not blocking
+        overlapping = self.overlap_depth() > 0 and not blocking
         self.averager.begin(overlapping)
         if not overlapping:
             self.complete_round()
@@ -127,27 +130,32 @@ class PLSGD(Sync):
         if self.momentum_sync == "reset":
             for buffer in buffers:
                 buffer.zero_()
+            for state in self.optimizer.state.values():  # Adam's bias correction starts over with its moments
+                if "step" in state:
+                    state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
         elif buffers:
             FlatBuffer(buffers).average(self.meter)
 
-    def after_epoch(self, epoch: int, metrics: dict) -> dict:
+    def settle(self) -> None:
         if self.round_in_flight():
-            self.complete_round()  # nothing in flight across an epoch boundary (checkpoints, evaluation)
-        return {}
+            self.complete_round()  # nothing in flight across an epoch boundary (evaluation, checkpoints)
 
     @contextlib.contextmanager
     def eval_model(self):
         """Between syncs the replicas differ: evaluate their average, on a copy, so training is unchanged."""
-        if self.steps_since_sync == 0 or not is_distributed():
+        if self.replicas_agree_now() or not is_distributed():
             yield self.model
             return
         yield averaged_copy(self.model)
 
     def finish(self) -> None:
-        if self.round_in_flight():
-            self.complete_round()
+        self.settle()
         if self.steps_since_sync:
             self.synchronize(blocking=True)
+        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        if not self.average_buffers and buffers and is_distributed():
+            self.meter.count_round()  # statistics kept per rank during training: one model at the end
+            FlatBuffer(buffers).average(self.meter)
 
     def state_dict(self) -> dict:
         state = {"steps_since_sync": self.steps_since_sync, "local_steps": self.local_steps, "steps": self.steps}
@@ -201,11 +209,16 @@ class PostLocalSGD(PLSGD):
         all_reduce_mean(gradients.gather(), self.meter)
         gradients.scatter()
 
+    def gradients_shared(self, step: int) -> bool:
+        return step < self.switch_step and is_distributed()
+
     def after_step(self, step: int) -> None:
         if step < self.switch_step:
             # Gradients were averaged, so parameters agree; BatchNorm statistics still need it.
             if self.phase_one_buffers is not None:
                 self.phase_one_buffers.average(self.meter)
+            if step + 1 == self.switch_step and getattr(self, "averager", None) is not None:
+                self.averager.restart_from_current()  # reduced-precision changes count from the switch
             return
         super().after_step(step)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 
+import torch
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
-from train.sync.base import RunShape
+from train.sync.averaging import Averager
+from train.sync.base import RunShape, TrainingDiverged
 from train.sync.plsgd import PLSGD
 from utilities.distributed import CommMeter, is_distributed
-from train.sync.averaging import Averager
 from utilities.flat_buffer import FlatBuffer, floating_state
 
 
@@ -21,6 +22,11 @@ class TorchPeriodicAverager(PLSGD):
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
+        unsupported = [flag for flag, used in (("--overlap", config.overlap), ("--hierarchy", config.hierarchy),
+                                               ("--sync-dtype", config.sync_dtype != "fp32")) if used]
+        if unsupported:
+            raise ValueError(f"TorchPeriodicAverager runs torch's blocking fp32 averager: drop {', '.join(unsupported)}"
+                             f" or use --training-type PLSGD")
         return cls(meter, config.local_steps, config.average_buffers, config.momentum_sync)
 
     def prepare(self, model, optimizer):
@@ -28,6 +34,10 @@ class TorchPeriodicAverager(PLSGD):
         self.parameters = list(model.parameters())
         self.parameter_bytes = sum(p.numel() * p.element_size() for p in self.parameters)
         self.torch_averager = PeriodicModelAverager(period=self.local_steps, warmup_steps=0) if is_distributed() else None
+        if self.torch_averager is not None:
+            # torch averages when its counter is a multiple of the period, counting from 0: starting at 1
+            # makes it average after steps J, 2J, ... as PLSGD does, not after steps 1, J+1, ...
+            self.torch_averager.step = 1
         return model
 
     def after_step(self, step: int) -> None:
@@ -38,13 +48,18 @@ class TorchPeriodicAverager(PLSGD):
         started = time.perf_counter()
         self.torch_averager.average_parameters(self.parameters)
         if averages_now:
+            seconds = time.perf_counter() - started
             self.meter.count_round()
             self.meter.collectives += 1
             self.meter.bytes += self.parameter_bytes
-            self.meter.seconds += time.perf_counter() - started
+            self.meter.add_time(seconds, seconds)
+            if not all(bool(torch.isfinite(p).all()) for p in self.parameters):
+                raise TrainingDiverged("the averaged model is not finite: a rank's loss diverged (or one was stopped "
+                                       "by --on-nan stop); lower --lr, add --warmup-epochs, or pass --on-nan skip")
             buffers = [b for b in self.model.buffers() if b.is_floating_point()]
             if self.average_buffers and buffers:
                 FlatBuffer(buffers).average(self.meter)
+            self.apply_momentum_rule()
             self.steps_since_sync = 0
 
     def finish(self) -> None:
