@@ -15,12 +15,13 @@ from typing import Any, Optional
 
 import yaml
 
+from models import MODEL_NAMES
 from utilities import config_aliases
 
 TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD",
                   "TorchPeriodicAverager")
 DATASETS = ("cifar10", "cifar100", "mnist", "synthetic", "npy")
-MODELS = ("lenet5", "lenet5w", "resnet20", "resnet18", "vgg11", "mlp")
+MODELS = MODEL_NAMES
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
 
 
