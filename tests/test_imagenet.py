@@ -172,3 +172,12 @@ def test_lppsgd_workers_decode_their_own_shards(tmp_path, folder):
     check_ok(result)
     # 18 training images split between 2 workers: 9 each, 3 batches of 3, 6 node steps.
     assert summary(output)["steps"] == 6
+
+
+@pytest.mark.parametrize("flags, message", [(["--image-size", "0"], "--image-size must be at least 1"),
+                                            (["--loader-workers", "-1"], "--loader-workers must not be negative")])
+def test_bad_imagenet_settings_are_refused(flags, message):
+    from utilities.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(["--dataset", "imagenet", *flags])
