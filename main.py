@@ -126,7 +126,8 @@ def train(config: Config) -> None:
 
     data = build_data(config.dataset, config.data_dir, config.download, config.synthetic_size, config.test_ratio,
                       config.val_ratio, config.batch_size, config.eval_batch_size, config.augment, config.seed,
-                      launch.rank, launch.world_size, device, config.dirichlet_alpha)
+                      launch.rank, launch.world_size, device, config.dirichlet_alpha, config.imagenet_dir,
+                      config.image_size, config.loader_workers)
     if config.num_classes is not None and config.num_classes != data.num_classes:
         raise ConfigError(f"--num-classes {config.num_classes} does not match {config.dataset}, which has "
                           f"{data.num_classes} classes")

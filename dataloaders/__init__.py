@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indices  # noqa: F401
+from dataloaders.imagenet import FolderEvalBatches, FolderTrainBatches, imagenet_splits
 from dataloaders.partition import dirichlet_shards
 from dataloaders.sources import DataError, RawData, load_raw  # noqa: F401
 
@@ -32,8 +33,15 @@ def split_train_val(raw: RawData, val_ratio: float, seed: int):
 
 def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float,
                val_ratio: float, batch_size: int, eval_batch_size: int, augment: bool, seed: int,
-               rank: int, world_size: int, device: torch.device, dirichlet_alpha: float = 0.0) -> Data:
-    """``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.partition); 0 gives iid shards."""
+               rank: int, world_size: int, device: torch.device, dirichlet_alpha: float = 0.0,
+               imagenet_dir: str = "", image_size: int = 224, loader_workers: int = 4) -> Data:
+    """``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.partition); 0 gives iid shards.
+    ``imagenet_dir``, ``image_size`` and ``loader_workers`` are for ``dataset='imagenet'`` only."""
+    if dataset == "imagenet":
+        if dirichlet_alpha:
+            raise DataError("--dirichlet-alpha needs every label in memory; it is not available for --dataset imagenet")
+        return build_imagenet(imagenet_dir or data_dir, image_size, loader_workers, val_ratio, batch_size,
+                              eval_batch_size, augment, seed, rank, world_size, device)
     raw = load_raw(dataset, data_dir, download, synthetic_size, test_ratio, seed)
     (train_images, train_labels), (val_images, val_labels) = split_train_val(raw, val_ratio, seed)
     shard_size = len(train_images) // world_size
@@ -52,3 +60,20 @@ def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int,
                        world_size)
     channels, image_size = train_images.shape[1], train_images.shape[2]
     return Data(train, val, test, channels, image_size, raw.num_classes, len(train_images))
+
+
+def build_imagenet(root: str, image_size: int, loader_workers: int, val_ratio: float, batch_size: int,
+                   eval_batch_size: int, augment: bool, seed: int, rank: int, world_size: int,
+                   device: torch.device) -> Data:
+    """ImageFolder data decoded by DataLoader workers (dataloaders.imagenet), sharded like the other sources."""
+    train_set, train_indices, val_set, val_indices, test_set, classes = imagenet_splits(
+        root, image_size, augment, val_ratio, seed)
+    shard_size = len(train_indices) // world_size
+    if shard_size < batch_size:
+        raise DataError(f"each of the {world_size} ranks gets {shard_size} training images, fewer than one batch of "
+                        f"{batch_size}; lower --batch-size or the number of ranks")
+    train = FolderTrainBatches(train_set, train_indices, batch_size, rank, world_size, seed, loader_workers, device)
+    val = FolderEvalBatches(val_set, val_indices, eval_batch_size, rank, world_size, loader_workers, device)
+    test = FolderEvalBatches(test_set, torch.arange(len(test_set)), eval_batch_size, rank, world_size,
+                             loader_workers, device)
+    return Data(train, val, test, 3, image_size, len(classes), len(train_indices))

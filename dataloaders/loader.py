@@ -9,6 +9,7 @@ generator seeded by (seed, epoch, rank): a run resumed mid-epoch sees the same b
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,19 @@ class TrainBatches:
         self.fixed_shard = fixed_shard  # non-iid: this rank's indices for the whole run (dataloaders.partition)
         self.shard_size = len(images) // world_size if fixed_shard is None else len(fixed_shard)
         self.steps_per_epoch = self.shard_size // batch_size
+
+    def resharded(self, rank: int, world_size: int) -> "TrainBatches":
+        """A copy reading shard ``rank`` of ``world_size`` (LPPSGD/LAPSGD split a node's shard among workers)."""
+        part = copy.copy(self)
+        part.rank, part.world_size = rank, world_size
+        part.shard_size = len(self.images) // world_size
+        part.steps_per_epoch = part.shard_size // self.batch_size
+        return part
+
+    def share_memory(self) -> None:
+        """Put the split in shared memory, so worker processes read it without a copy."""
+        self.images.share_memory_()
+        self.labels.share_memory_()
 
     def shard(self, epoch: int) -> torch.Tensor:
         if self.fixed_shard is None:

@@ -7,8 +7,11 @@ from torch import nn
 from models.ghost_batchnorm import GhostBatchNorm, apply_ghost_batch_norm
 from models.lenet import lenet5, lenet5w
 from models.mlp import mlp
-from models.resnet import resnet18, resnet20
+from models.resnet import resnet18, resnet20, resnet32
+from models.small import small
+from models.torchvision_resnet import tv_resnet18, tv_resnet34, tv_resnet50
 from models.vgg import vgg11
+from models.wide_resnet import wrn16_8, wrn28_10
 
 _MODEL_BUILDERS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "lenet5": lenet5,
@@ -17,6 +20,13 @@ _MODEL_BUILDERS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "resnet18": resnet18,
     "vgg11": vgg11,
     "mlp": mlp,
+    "small": small,
+    "resnet32": resnet32,
+    "wrn16_8": wrn16_8,
+    "wrn28_10": wrn28_10,
+    "tv_resnet18": tv_resnet18,
+    "tv_resnet34": tv_resnet34,
+    "tv_resnet50": tv_resnet50,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODEL_BUILDERS)

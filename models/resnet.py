@@ -1,8 +1,8 @@
-"""ResNet-20 and ResNet-18 for small images.
+"""ResNet-20, ResNet-32 and ResNet-18 for small images.
 
 He, Zhang, Ren, Sun, "Deep residual learning for image recognition", CVPR 2016.
-ResNet-20 is the CIFAR network of Section 4.2 (n=3: three stages of three basic blocks,
-16/32/64 channels). ResNet-18 is the ImageNet network of Table 1 with the usual CIFAR
+ResNet-20 and ResNet-32 are the CIFAR networks of Section 4.2 (6n+2 layers, n=3 and n=5:
+three stages of n basic blocks, 16/32/64 channels). ResNet-18 is the ImageNet network of Table 1 with the usual CIFAR
 stem: a 3x3 stride-1 convolution and no max pool, because a 7x7 stride-2 stem plus a
 max pool would reduce a 32x32 image to 8x8 before the first block.
 
@@ -85,6 +85,12 @@ def resnet20(in_channels: int, image_size: int, num_classes: int) -> ResNet:
     registry's uniform signature; global pooling makes the network size-agnostic."""
     del image_size
     return ResNet(in_channels, num_classes, stage_channels=(16, 32, 64), blocks_per_stage=(3, 3, 3))
+
+
+def resnet32(in_channels: int, image_size: int, num_classes: int) -> ResNet:
+    """CIFAR ResNet-32 (He et al. 2016, Sec. 4.2, n=5; 0.46M parameters in Table 6)."""
+    del image_size
+    return ResNet(in_channels, num_classes, stage_channels=(16, 32, 64), blocks_per_stage=(5, 5, 5))
 
 
 def resnet18(in_channels: int, image_size: int, num_classes: int) -> ResNet:

@@ -15,12 +15,13 @@ from typing import Any, Optional
 
 import yaml
 
+from models import MODEL_NAMES
 from utilities import config_aliases
 
 TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD",
                   "TorchPeriodicAverager")
-DATASETS = ("cifar10", "cifar100", "mnist", "synthetic", "npy")
-MODELS = ("lenet5", "lenet5w", "resnet20", "resnet18", "vgg11", "mlp")
+DATASETS = ("cifar10", "cifar100", "mnist", "synthetic", "npy", "imagenet")
+MODELS = MODEL_NAMES
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
 
 
@@ -48,6 +49,9 @@ class Config:
     dirichlet_alpha: float = _field(0.0, "non-iid shards: each rank's class mix ~ Dirichlet(alpha), smaller is more skewed (0 = iid shards)")
     augment: bool = _field(True, "random crop (pad 4) and horizontal flip on training batches (flip off for MNIST)")
     num_classes: Optional[int] = _field(None, "expected class count; checked against the data set")
+    imagenet_dir: str = _field("", "--dataset imagenet: ImageFolder root holding train/ and val/ (default: --data-dir)")
+    image_size: int = _field(224, "--dataset imagenet: side of the training and evaluation crops, pixels (evaluation resizes to 256/224 of it first)")
+    loader_workers: int = _field(4, "--dataset imagenet: DataLoader processes per rank decoding images")
     model: str = _field("lenet5w", "network", MODELS)
     ghost_batch_size: int = _field(0, "BatchNorm normalises over virtual batches of this size (0 = off)")
 
@@ -269,12 +273,12 @@ def validate(config: Config) -> None:
     """Reject values no run could use, with one line naming the flag."""
     positive = ("epochs", "batch_size", "overlap_steps", "eval_batch_size", "accumulation_steps", "max_micro_batch",
                 "local_steps", "min_local_steps", "max_local_steps", "reference_batch", "eval_every",
-                "log_every", "synthetic_size", "workers_per_node")
+                "log_every", "synthetic_size", "workers_per_node", "image_size")
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
     non_negative = ("dirichlet_alpha", "max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
-                    "keep_checkpoints", "epochs_per_job",
+                    "keep_checkpoints", "epochs_per_job", "loader_workers",
                     "prepass_epochs", "slow_lr", "outer_lr")
     for name in non_negative:
         if getattr(config, name) < 0:

@@ -1,6 +1,7 @@
 """Sharpness of a trained model: the top Hessian eigenvalue and the Hessian trace of its training loss.
 
     python -m utilities.hessian runs/PLSGD-cifar100-lenet5w --samples 1000 --iterations 20 --hutchinson 50
+    python -m utilities.hessian runs/PLSGD-cifar100-lenet5w --top-k 5 --density --lanczos-steps 90
 
 Reads the run's config.yaml and model.pt, rebuilds its data set as main.py does, takes a fixed
 seeded subset of the training split (no augmentation) and estimates, for the mean cross-entropy
@@ -8,7 +9,9 @@ on that subset,
   * the eigenvalue of largest magnitude by power iteration on Hessian-vector products (Pearlmutter's
     double backward), the usual sharpness measure (Keskar et al. 2017; Yao et al. 2020, PyHessian),
   * the trace by Hutchinson's estimator, E[z^T H z] = tr H for Rademacher z (Hutchinson 1990).
-Prints both and writes ``<run dir>/hessian.json``.
+Prints both and writes ``<run dir>/hessian.json``. ``--top-k K`` adds the K eigenvalues of largest
+magnitude and ``--density`` the eigenvalue spectral density by stochastic Lanczos quadrature, plotted
+in ``<run dir>/hessian_density.png`` (both in utilities.hessian_spectrum).
 
 The model is evaluated in eval mode: BatchNorm then uses its running statistics, so the loss is a
 fixed function of the parameters, the one the run's test accuracy was measured with. In train
@@ -110,6 +113,8 @@ def load_config(run_dir: str) -> Config:
 
 def training_subset(config: Config, data_dir: str, samples: int, seed: int) -> tuple:
     """``samples`` seeded images of the run's training split (rank 0 of 1 sees all of it), normalised, unaugmented."""
+    if config.dataset == "imagenet":
+        raise DataError("the Hessian tool needs a tensor-resident data set; --dataset imagenet is not supported")
     data = build_data(config.dataset, data_dir, config.download, config.synthetic_size, config.test_ratio,
                       config.val_ratio, config.batch_size, config.eval_batch_size, False, config.seed, 0, 1,
                       torch.device("cpu"))
@@ -135,14 +140,19 @@ def parse_arguments(argv):
     parser.add_argument("--hutchinson", type=int, default=50, help="Rademacher vectors for the trace estimate")
     parser.add_argument("--seed", type=int, default=0, help="seed for the subset and the random vectors")
     parser.add_argument("--data-dir", help="where the data set is (default: the run's data_dir)")
+    parser.add_argument("--top-k", type=int, default=1, help="also the k eigenvalues of largest magnitude (k > 1)")
+    parser.add_argument("--density", action="store_true",
+                        help="eigenvalue density by stochastic Lanczos quadrature, plotted in hessian_density.png")
+    parser.add_argument("--lanczos-steps", type=int, default=90, help="--density: Lanczos steps per start vector")
+    parser.add_argument("--slq-runs", type=int, default=1, help="--density: random start vectors averaged")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
-    for name in ("samples", "iterations", "hutchinson"):
+    for name in ("samples", "iterations", "hutchinson", "top_k", "lanczos_steps", "slq_runs"):
         if getattr(args, name) < 1:
-            print(f"error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+            print(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
             return 2
     try:
         config = load_config(args.run_dir)
@@ -163,11 +173,20 @@ def main(argv=None) -> int:
     trace = hutchinson_trace(loss_fn, params, args.hutchinson, torch.Generator().manual_seed(args.seed + 2))
     result = {"top_eigenvalue": eigenvalue, "trace": trace, "samples": len(labels), "iterations": used,
               "hutchinson": args.hutchinson, "seed": args.seed, "loss": loss}
+    if args.top_k > 1 or args.density:
+        from utilities.hessian_spectrum import spectrum_results  # it imports this module
+
+        result.update(spectrum_results(loss_fn, params, args, os.path.join(args.run_dir, "hessian_density.png")))
     with open(os.path.join(args.run_dir, "hessian.json"), "w") as handle:
         json.dump(result, handle, indent=2)
         handle.write("\n")
     print(f"{args.run_dir}: top Hessian eigenvalue {eigenvalue:.6g} ({used} power iterations), trace {trace:.6g} "
           f"({args.hutchinson} Rademacher vectors); mean loss {loss:.4f} on {len(labels)} training images")
+    if "top_eigenvalues" in result:
+        print(f"top {args.top_k} eigenvalues: {', '.join(f'{value:.6g}' for value in result['top_eigenvalues'])}")
+    if "density" in result:
+        print(f"spectral density ({args.slq_runs} x {args.lanczos_steps} Lanczos steps) plotted in "
+              f"{os.path.join(args.run_dir, 'hessian_density.png')}")
     return 0
 
 

@@ -17,7 +17,6 @@ process talks to the process group, so collectives never come from two threads a
 from __future__ import annotations
 
 import contextlib
-import copy
 import queue
 import time
 
@@ -80,17 +79,13 @@ class LAPSGD(Sync):
         return [None] * self.workers
 
     def start_workers(self, train: TrainBatches) -> None:
-        train.images.share_memory_()
-        train.labels.share_memory_()
+        train.share_memory()
         threads = max(1, torch.get_num_threads() // self.workers)
         self.commands = [self.context.SimpleQueue() for _ in range(self.workers)]
         self.results = self.context.Queue()
         for index, block in enumerate(self.worker_blocks()):
             # Worker w of rank r reads shard r*P + w of W*P: the node's shard, split P ways.
-            data = copy.copy(train)
-            data.rank, data.world_size = self.rank * self.workers + index, self.world_size * self.workers
-            data.shard_size = len(train.images) // data.world_size
-            data.steps_per_epoch = data.shard_size // train.batch_size
+            data = train.resharded(self.rank * self.workers + index, self.world_size * self.workers)
             spec = WorkerSpec(self.optimizer_name, self.optimizer_kwargs, self.schedule, threads, block,
                               self.prepass_epochs, self.worker_states.get(index), self.max_steps)
             process = self.context.Process(target=worker_main, daemon=True, name=f"hogwild-{self.rank}-{index}",
