@@ -52,9 +52,20 @@ def test_alias_model_name_in_yaml(tmp_path):
     assert parse_config(["--config", write_yaml(tmp_path, {"model": "res20"})]).model == "resnet20"
 
 
-@pytest.mark.parametrize("alias, ours", [("mstep", "multistep"), ("const", "constant"), ("cosine", "cosine")])
+@pytest.mark.parametrize("alias, ours", [("mstep", "multistep"), ("const", "multistep"), ("cosine", "cosine")])
 def test_alias_scheduler_type(alias, ours):
+    # LPP-SGD: anything but cosine is MultiStep over --lrmilestone (its default 150 225) with --gamma.
     assert parse_config(["--scheduler-type", alias]).lr_schedule == ours
+
+
+@pytest.mark.parametrize("alias", ["mstep", "const"])
+def test_multistep_scheduler_types_use_lppsgd_milestones_unless_given(alias, tmp_path):
+    assert parse_config(["--scheduler-type", alias]).milestones == [150, 225]
+    assert parse_config(["--scheduler-type", alias, "--lrmilestone", "30", "60"]).milestones == [30, 60]
+    assert parse_config(["--scheduler-type", alias, "--milestones", "7"]).milestones == [7]
+    path = write_yaml(tmp_path, {"milestones": [9]})
+    assert parse_config(["--config", path, "--scheduler-type", alias]).milestones == [9]
+    assert parse_config(["--scheduler-type", "cosine"]).milestones == []
 
 
 def test_alias_scheduler_type_contradicting_lr_schedule_rejected():
@@ -97,7 +108,8 @@ def test_alias_local_sgd_is_plsgd():
 
 
 def test_alias_num_processes_prepass_lars_eta():
-    config = parse_config(["--num-processes", "3", "--prepassmepochs", "2", "--lars", "--eta", "0.002"])
+    config = parse_config(["--training-type", "LPPSGD", "--num-processes", "3", "--prepassmepochs", "2", "--lars",
+                           "--eta", "0.002"])
     assert config.workers_per_node == 3
     assert config.prepass_epochs == 2
     assert config.optimizer == "lars"
@@ -106,15 +118,21 @@ def test_alias_num_processes_prepass_lars_eta():
 
 def test_alias_dist_backend_url_test_freq_storeresults():
     config = parse_config(["--dist-backend", "gloo", "--dist-url", "tcp://x:1", "--test-freq", "2",
-                           "--storeresults"])
+                           "--storeresults", "--output-dir", "out"])
     assert config.backend == "gloo"
     assert config.dist_url == "tcp://x:1"
     assert config.eval_every == 2
-    assert config == dataclasses.replace(Config(), backend="gloo", dist_url="tcp://x:1", eval_every=2)
+    assert config == dataclasses.replace(Config(), backend="gloo", dist_url="tcp://x:1", eval_every=2,
+                                         store_results=True, output_dir="out")
+
+
+def test_alias_dist_backend_mpi_runs_as_gloo_with_a_warning(capsys):
+    assert parse_config(["--dist-backend", "mpi"]).backend == "gloo"
+    assert "--dist-backend mpi" in capsys.readouterr().err
 
 
 def test_alias_dist_backend_choice_checked():
-    assert "--backend" in config_error(["--dist-backend", "mpi"])
+    assert "--dist-backend" in config_error(["--dist-backend", "tcp"])
 
 
 @pytest.mark.parametrize("argv", [
