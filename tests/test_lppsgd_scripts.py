@@ -18,7 +18,7 @@ import torch
 
 from tests.harness import REPO, SHARED_DATA, check_ok, child_env, free_port, metrics, summary
 from tests.test_launchers import find_mpiexec
-from utilities import config_aliases
+from utilities import config_aliases, lppsgd_results
 from utilities.config import DATASETS, MODELS, build_parser, parse_config
 
 COMMON_CIFAR = ("--data-dir $DATADIR --dataset cifar10 --num-classes 10 --momentum 0.9 --model res20 --cuda "
@@ -235,3 +235,28 @@ def test_imagenet_script_lines_need_the_imagenet_source():
         pytest.skip("the imagenet data source is not on this branch; its lines are checked at the config level")
     settings = alias_settings(script_argv("slurmrun LPPSGD"))
     assert settings["model"] == "tv_resnet50" and settings["imagenet_dir"] == "imagenet"
+
+
+# ----------------------------------------------------------------------------- result files and run folders
+
+def test_each_run_gets_a_new_folder_and_resume_finds_the_newest(tmp_path):
+    base = str(tmp_path / "runs" / "LAPSGD-cifar10-resnet20")
+    first = lppsgd_results.timestamped_run_dir(base, "", "cpu")
+    assert re.fullmatch(re.escape(base) + r"-\d{8}-\d{6}", first)
+    Path(first).mkdir(parents=True)
+    (Path(first) / "metrics.jsonl").write_text("")
+    second = lppsgd_results.timestamped_run_dir(base, "", "cpu")
+    assert second != first and not Path(second).exists()  # even within the same second
+    Path(second).mkdir()  # a folder without a run in it is not resumed
+    assert lppsgd_results.timestamped_run_dir(base, "auto", "cpu") == first
+
+
+def test_results_entries_follow_lppsgd_tags_and_units():
+    rows = [{"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_accuracy": 0.25, "test_loss": 1.5,
+             "test_accuracy": 0.5, "wall_seconds": 3.0},
+            {"epoch": 2, "lr": 0.2, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": None,
+             "test_accuracy": None, "wall_seconds": 6.0}]
+    entries = lppsgd_results.results_entries(rows)
+    assert [(e["tag"], e["ep"], e["val"], e["time"]) for e in entries] == [
+        ("LR", 1, 0.1, 3.0), ("TrainLoss", 1, 2.0, 3.0), ("TrainAcc@1", 1, 25.0, 3.0), ("TestLoss", 1, 1.5, 3.0),
+        ("TestAcc@1", 1, 50.0, 3.0), ("LR", 2, 0.2, 6.0), ("TrainLoss", 2, 1.0, 6.0), ("TrainAcc@1", 2, 50.0, 6.0)]
