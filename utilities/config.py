@@ -104,7 +104,7 @@ class Config:
     output_dir: str = _field("", "run folder (default runs/<training-type>-<dataset>-<model>)")
     timestamped_output_dir: bool = _field(False, "append -YYYYmmdd-HHMMSS to the run folder, new for every run (on for LPP-SGD flags without --output-dir)")
     store_results: bool = _field(False, "also write LPP-SGD's results.json and args.json into the run folder")
-    resume: str = _field("", "continue a run: 'auto' (newest valid checkpoint, or a fresh start if none) or a checkpoint path")
+    resume: str = _field("", "continue a run: 'auto' (also a bare --resume; newest valid checkpoint, or a fresh start if none) or a checkpoint path")
     overwrite: bool = _field(False, "replace a run already in --output-dir")
     keep_checkpoints: int = _field(0, "keep only the newest N epoch checkpoints per rank (0 = all)")
     epochs_per_job: int = _field(0, "stop after this many epochs, checkpointed, for time-limited jobs; continue with --resume auto (0 = run to the end)")
