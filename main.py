@@ -30,6 +30,7 @@ from utilities import distributed
 from utilities.checkpoint import (CheckpointError, checkpoint_epoch, checkpoint_path, load_checkpoint,
                                   newest_valid_checkpoint, rank_path)
 from utilities.config import Config, ConfigError, parse_config
+from utilities.lppsgd_results import timestamped_run_dir, write_results
 from utilities.run_files import RunFiles, code_version, holds_a_run
 
 
@@ -113,14 +114,17 @@ def train(config: Config) -> None:
     if config.dirichlet_alpha and config.training_type in ("LPPSGD", "LAPSGD"):
         raise ConfigError("--dirichlet-alpha (non-iid shards) is not available for LPPSGD/LAPSGD; use iid shards")
     if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
-        raise ConfigError("--workers-per-node (--num-processes) is for --training-type LPPSGD or LAPSGD")
+        raise ConfigError("--workers-per-node is for --training-type LPPSGD or LAPSGD")
     launch = distributed.detect_launch()
     device = distributed.pick_device(config.device, launch.local_rank)
     backend = distributed.pick_backend(config.backend, device)
     output_dir = config.resolved_output_dir()
-    check_output_dir(config, output_dir)
+    if not config.timestamped_output_dir:  # a timestamped folder is new (or, with --resume, the newest run)
+        check_output_dir(config, output_dir)
     set_threads(launch)
     distributed.init_distributed(launch, backend, config.timeout, config.dist_url)
+    if config.timestamped_output_dir:
+        output_dir = timestamped_run_dir(output_dir, config.resume, device)
     is_main = launch.rank == 0
     seed_everything(config.seed, config.deterministic)
 
@@ -183,6 +187,8 @@ def train(config: Config) -> None:
               + (f", resuming after epoch {trainer.progress.epoch}" if state is not None else ""), file=sys.stderr)
 
     summary = trainer.run()
+    if config.store_results and is_main:
+        write_results(output_dir, trainer.progress.rows, config, launch.world_size)
     if summary is None:
         if is_main:
             print(f"stopped after epoch {trainer.progress.epoch} (--epochs-per-job); continue with --resume auto",

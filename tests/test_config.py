@@ -74,6 +74,8 @@ NON_DEFAULT = {
     "seed": 7,
     "deterministic": True,
     "output_dir": "runs/elsewhere",
+    "timestamped_output_dir": True,
+    "store_results": True,
     "resume": "auto",
     "overwrite": True,
     "eval_every": 2,

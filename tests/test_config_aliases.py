@@ -1,11 +1,13 @@
 """LPP-SGD's flags mapped onto this trainer's settings, and DiLoCo's defaults."""
 
 import dataclasses
+import re
 
 import pytest
 
 from tests.test_config import config_error, write_yaml
-from utilities.config import Config, ConfigError, parse_config
+from utilities import config_aliases
+from utilities.config import FIELDS, Config, ConfigError, parse_config
 
 
 # ----------------------------------------------------------------------------- LPP-SGD aliases
@@ -52,9 +54,20 @@ def test_alias_model_name_in_yaml(tmp_path):
     assert parse_config(["--config", write_yaml(tmp_path, {"model": "res20"})]).model == "resnet20"
 
 
-@pytest.mark.parametrize("alias, ours", [("mstep", "multistep"), ("const", "constant"), ("cosine", "cosine")])
+@pytest.mark.parametrize("alias, ours", [("mstep", "multistep"), ("const", "multistep"), ("cosine", "cosine")])
 def test_alias_scheduler_type(alias, ours):
+    # LPP-SGD: anything but cosine is MultiStep over --lrmilestone (its default 150 225) with --gamma.
     assert parse_config(["--scheduler-type", alias]).lr_schedule == ours
+
+
+@pytest.mark.parametrize("alias", ["mstep", "const"])
+def test_multistep_scheduler_types_use_lppsgd_milestones_unless_given(alias, tmp_path):
+    assert parse_config(["--scheduler-type", alias]).milestones == [150, 225]
+    assert parse_config(["--scheduler-type", alias, "--lrmilestone", "30", "60"]).milestones == [30, 60]
+    assert parse_config(["--scheduler-type", alias, "--milestones", "7"]).milestones == [7]
+    path = write_yaml(tmp_path, {"milestones": [9]})
+    assert parse_config(["--config", path, "--scheduler-type", alias]).milestones == [9]
+    assert parse_config(["--scheduler-type", "cosine"]).milestones == []
 
 
 def test_alias_scheduler_type_contradicting_lr_schedule_rejected():
@@ -97,7 +110,8 @@ def test_alias_local_sgd_is_plsgd():
 
 
 def test_alias_num_processes_prepass_lars_eta():
-    config = parse_config(["--num-processes", "3", "--prepassmepochs", "2", "--lars", "--eta", "0.002"])
+    config = parse_config(["--training-type", "LPPSGD", "--num-processes", "3", "--prepassmepochs", "2", "--lars",
+                           "--eta", "0.002"])
     assert config.workers_per_node == 3
     assert config.prepass_epochs == 2
     assert config.optimizer == "lars"
@@ -106,15 +120,21 @@ def test_alias_num_processes_prepass_lars_eta():
 
 def test_alias_dist_backend_url_test_freq_storeresults():
     config = parse_config(["--dist-backend", "gloo", "--dist-url", "tcp://x:1", "--test-freq", "2",
-                           "--storeresults"])
+                           "--storeresults", "--output-dir", "out"])
     assert config.backend == "gloo"
     assert config.dist_url == "tcp://x:1"
     assert config.eval_every == 2
-    assert config == dataclasses.replace(Config(), backend="gloo", dist_url="tcp://x:1", eval_every=2)
+    assert config == dataclasses.replace(Config(), backend="gloo", dist_url="tcp://x:1", eval_every=2,
+                                         store_results=True, output_dir="out")
+
+
+def test_alias_dist_backend_mpi_runs_as_gloo_with_a_warning(capsys):
+    assert parse_config(["--dist-backend", "mpi"]).backend == "gloo"
+    assert "--dist-backend mpi" in capsys.readouterr().err
 
 
 def test_alias_dist_backend_choice_checked():
-    assert "--backend" in config_error(["--dist-backend", "mpi"])
+    assert "--dist-backend" in config_error(["--dist-backend", "tcp"])
 
 
 @pytest.mark.parametrize("argv", [
@@ -158,3 +178,83 @@ def test_diloco_keeps_a_given_lr_or_optimizer(tmp_path):
 def test_other_types_keep_sgd():
     config = parse_config(["--training-type", "SlowMo"])
     assert config.optimizer == "sgd" and config.lr == 0.05
+
+
+# ----------------------------------------------------------------------------- every LPP-SGD flag accepted
+
+
+def test_every_no_effect_flag_is_accepted_and_named_once_in_one_warning_line(capsys):
+    argv = []
+    for flag, nargs in config_aliases.IGNORED_FLAGS.items():
+        argv += [flag] if nargs == 0 else [flag, "1"] if nargs == 1 else [flag, "1", "2"]
+    config = parse_config([*argv, "--training-type", "MBSGD", "--num-processes", "4", "--pre_post_epochs", "3"])
+    assert config == dataclasses.replace(Config(), timestamped_output_dir=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ignored LPP-SGD flags: ")
+    named = re.findall(r"--[\w-]+", lines[0])
+    assert sorted(named) == sorted([*config_aliases.IGNORED_FLAGS, "--num-processes", "--pre_post_epochs"])
+
+
+def test_no_warning_without_ignored_flags_and_none_on_other_ranks(capsys, monkeypatch):
+    parse_config(["--train_processing_bs", "32"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("PMI_RANK", "1")
+    parse_config(["--pm"])
+    assert capsys.readouterr().err == ""
+    assert config_aliases.is_first_rank_by_environment({"RANK": "0", "SLURM_PROCID": "0"})
+    assert not config_aliases.is_first_rank_by_environment({"OMPI_COMM_WORLD_RANK": "3"})
+
+
+def test_bare_resume_is_resume_auto():
+    assert parse_config(["--resume"]).resume == "auto"
+    assert parse_config(["--resume", "--epochs", "3"]).resume == "auto"
+    assert parse_config(["--resume", "run/checkpoints/epoch-00002.pt"]).resume == "run/checkpoints/epoch-00002.pt"
+    assert parse_config([]).resume == ""
+
+
+@pytest.mark.parametrize("training_type", ["LAPSGD", "LPPSGD"])
+def test_pre_post_epochs_and_num_processes_for_hogwild_types(training_type):
+    config = parse_config(["--training-type", training_type, "--pre_post_epochs", "5", "--num-processes", "3"])
+    assert config.training_type == training_type and config.switch_epoch == 5 and config.workers_per_node == 3
+
+
+@pytest.mark.parametrize("training_type", ["MBSGD", "PLSGD", "SlowMo"])
+def test_num_processes_is_ignored_outside_hogwild_types(training_type, capsys):
+    assert parse_config(["--training-type", training_type, "--num-processes", "4"]).workers_per_node == 1
+    assert "--num-processes" in capsys.readouterr().err
+
+
+def test_lppsgd_flags_without_output_dir_give_a_timestamped_folder(tmp_path):
+    assert parse_config(["--storeresults"]).timestamped_output_dir
+    assert not parse_config(["--storeresults", "--output-dir", "x"]).timestamped_output_dir
+    assert not parse_config(["--storeresults", "--no-timestamped-output-dir"]).timestamped_output_dir
+    assert not parse_config(["--config", write_yaml(tmp_path, {"output_dir": "y"}), "--pm"]).timestamped_output_dir
+    assert not parse_config(["--batch-size", "32"]).timestamped_output_dir
+
+
+@pytest.mark.parametrize("alias, dataset, ours", [
+    ("res32", "cifar10", "resnet32"), ("wnet168", "cifar10", "wrn16_8"), ("wnet28", "cifar100", "wrn28_10"),
+    ("res50", "imagenet", "tv_resnet50"), ("res34", "imagenet", "tv_resnet34"), ("small", "mnist", "small"),
+    ("res18", "imagenet", "tv_resnet18"), ("res18", "cifar10", "resnet18"), ("res18", None, "resnet18"),
+    ("res20", "cifar10", "resnet20")])
+def test_lppsgd_model_names_on_the_alias_layer(alias, dataset, ours):
+    # LPP-SGD's res18 is torchvision's ResNet-18; ours keeps the CIFAR stem unless the data is ImageNet.
+    settings = {"model": alias, **({"dataset": dataset} if dataset else {})}
+    assert config_aliases.normalise_names(settings)["model"] == ours
+
+
+def test_imagenet_dir_maps_to_our_setting_or_is_named_as_ignored(capsys):
+    config = parse_config(["--imagenet-dir", "/data/ILSVRC"])
+    if "imagenet_dir" in FIELDS:
+        assert config.imagenet_dir == "/data/ILSVRC"
+    else:
+        assert "--imagenet-dir" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_says_to_remove_cuda(capsys, monkeypatch):
+    import main
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main.main(["--cuda", "--dataset", "synthetic", "--output-dir", "never-written"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "remove --cuda" in error

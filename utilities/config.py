@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -88,7 +89,7 @@ class Config:
     local_steps: int = _field(16, "J: local optimizer steps between averaging rounds")
     average_buffers: bool = _field(True, "also average BatchNorm running statistics at a sync")
     momentum_sync: str = _field("local", "optimizer momentum at a sync: keep, zero, or average it", ("local", "reset", "average"))
-    switch_epoch: int = _field(-1, "PostLocalSGD: epoch at which local SGD starts (-1 = use --switch-step)")
+    switch_epoch: int = _field(-1, "PostLocalSGD: epoch at which local SGD starts (-1 = use --switch-step); LAPSGD/LPPSGD: average after every node step before it")
     switch_step: int = _field(-1, "PostLocalSGD: step at which local SGD starts")
     slow_momentum: float = _field(0.5, "SlowMo beta")
     slow_lr: float = _field(1.0, "SlowMo alpha")
@@ -105,7 +106,9 @@ class Config:
     seed: int = _field(0, "seed for the model, splits, shards and augmentation")
     deterministic: bool = _field(False, "deterministic kernels (slower)")
     output_dir: str = _field("", "run folder (default runs/<training-type>-<dataset>-<model>)")
-    resume: str = _field("", "continue a run: 'auto' (newest valid checkpoint, or a fresh start if none) or a checkpoint path")
+    timestamped_output_dir: bool = _field(False, "append -YYYYmmdd-HHMMSS to the run folder, new for every run (on for LPP-SGD flags without --output-dir)")
+    store_results: bool = _field(False, "also write LPP-SGD's results.json and args.json into the run folder")
+    resume: str = _field("", "continue a run: 'auto' (also a bare --resume; newest valid checkpoint, or a fresh start if none) or a checkpoint path")
     overwrite: bool = _field(False, "replace a run already in --output-dir")
     keep_checkpoints: int = _field(0, "keep only the newest N epoch checkpoints per rank (0 = all)")
     epochs_per_job: int = _field(0, "stop after this many epochs, checkpointed, for time-limited jobs; continue with --resume auto (0 = run to the end)")
@@ -213,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
             help_text += f"; default {f.default}"
         if isinstance(f.default, bool):
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif f.name == "resume":  # LPP-SGD's bare --resume switch means --resume auto
+            parser.add_argument(_flag(f.name), dest=f.name, metavar="CHECKPOINT", nargs="?", const="auto",
+                                help=help_text)
         elif f.default_factory is not dataclasses.MISSING:
             parser.add_argument(_flag(f.name), dest=f.name, nargs="+", help=help_text)
         else:
@@ -252,6 +258,7 @@ def parse_config(argv: Optional[list] = None) -> Config:
         raise ConfigError(f"unknown argument {unknown[0]!r}; see `python main.py --help`")
     given = vars(args)
     settings = load_yaml(given.pop("config")) if "config" in given else {}
+    ignored = config_aliases.ignored_flags(given, base=settings)
     settings.update(config_aliases.translate(given, base=settings))
     settings = config_aliases.normalise_names(settings)
     config = Config(**{name: _coerce(name, value) for name, value in settings.items()})
@@ -266,6 +273,8 @@ def parse_config(argv: Optional[list] = None) -> Config:
         # Large-batch recipes warm up (Goyal et al. use 5 epochs); capped at a fifth of short runs.
         config.warmup_epochs = min(5.0, config.epochs / 5)
     validate(config)
+    if ignored and config_aliases.is_first_rank_by_environment():
+        print(config_aliases.ignored_warning(ignored), file=sys.stderr)
     return config
 
 

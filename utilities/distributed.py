@@ -87,7 +87,8 @@ def detect_launch(env=None) -> LaunchInfo:
 def pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise LaunchError("--device cuda was asked for but no GPU is visible; use --device cpu")
+            raise LaunchError("a GPU was asked for (--cuda or --device cuda) but none is visible; remove --cuda "
+                              "(or --device cuda) to train on the CPU")
         index = local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
         return torch.device("cuda", index)

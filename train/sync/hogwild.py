@@ -39,13 +39,16 @@ class LAPSGD(Sync):
     partitioned = False
 
     def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
-                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None, max_steps: int = 0):
+                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None,
+                 pre_post_epochs: int = 0, max_steps: int = 0):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.local_steps, self.workers, self.prepass_epochs = local_steps, workers, prepass_epochs
+        # LPP-SGD's --pre_post_epochs: average after every node step for the first epochs, then every J.
+        self.pre_post_epochs, self.interval = pre_post_epochs, local_steps
         self.optimizer_name, self.optimizer_kwargs, self.schedule = optimizer, optimizer_kwargs, schedule
         self.average_buffers, self.max_steps = average_buffers, max_steps
         self.all_reduce = all_reduce or dist.all_reduce
@@ -64,7 +67,8 @@ class LAPSGD(Sync):
                   "weight_decay": config.weight_decay, "trust_coefficient": config.trust_coefficient,
                   "exclude_bias_and_norm": config.lars_exclude_bias_norm}
         return cls(meter, config.local_steps, config.workers_per_node, config.optimizer, kwargs, shape.schedule,
-                   config.prepass_epochs, config.average_buffers, max_steps=shape.max_steps)
+                   config.prepass_epochs, config.average_buffers, pre_post_epochs=max(config.switch_epoch, 0),
+                   max_steps=shape.max_steps)
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -106,6 +110,7 @@ class LAPSGD(Sync):
             self.start_workers(trainer.data.train)
         lr = self.schedule.lr_at(self.node_steps.value)
         steps_during_rounds_before = self.steps_during_rounds
+        self.interval = 1 if epoch < self.pre_post_epochs else self.local_steps
         started = time.perf_counter()
         for commands in self.commands:
             commands.put(epoch)
@@ -129,8 +134,8 @@ class LAPSGD(Sync):
                 "node_steps_during_sync": self.steps_during_rounds - steps_during_rounds_before}
 
     def average_when_due(self, workers_idle: bool = False) -> None:
-        while self.node_steps.value - self.synced_at >= self.local_steps:
-            self.synced_at += self.local_steps
+        while self.node_steps.value - self.synced_at >= self.interval:
+            self.synced_at += self.interval
             self.average_in_place(workers_idle)
 
     def average_in_place(self, workers_idle: bool = False) -> None:
