@@ -19,8 +19,6 @@ from dataloaders.download_lock import load_once_per_node
 from dataloaders.validate import DataError, check_class_count, check_raw, labels_tensor, load_array
 
 
-
-
 @dataclass
 class RawData:
     train_images: torch.Tensor  # uint8 (N, C, H, W)
