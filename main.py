@@ -30,6 +30,8 @@ from utilities import distributed
 from utilities.checkpoint import (CheckpointError, checkpoint_epoch, checkpoint_path, load_checkpoint,
                                   newest_valid_checkpoint, rank_path)
 from utilities.config import Config, ConfigError, parse_config
+from utilities import error_report
+from utilities.config_checks import unusable_output_dir
 from utilities.lppsgd_results import timestamped_run_dir, write_results
 from utilities.run_files import RunFiles, code_version, holds_a_run
 
@@ -53,6 +55,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def check_output_dir(config: Config, directory: str) -> None:
     """Refuse to mix two runs in one folder; runs before any rank writes anything."""
+    problem = unusable_output_dir(directory)
+    if problem:
+        raise ConfigError(problem)
     if holds_a_run(directory) and not config.resume and not config.overwrite:
         raise ConfigError(f"{directory} holds another run; pass --resume auto to continue it, --overwrite to "
                           f"replace it, or choose another --output-dir")
@@ -125,13 +130,16 @@ def train(config: Config) -> None:
     distributed.init_distributed(launch, backend, config.timeout, config.dist_url)
     if config.timestamped_output_dir:
         output_dir = timestamped_run_dir(output_dir, config.resume, device)
+    error_report.inputs_being_checked()
     is_main = launch.rank == 0
     seed_everything(config.seed, config.deterministic)
 
     data = build_data(config.dataset, config.data_dir, config.download, config.synthetic_size, config.test_ratio,
                       config.val_ratio, config.batch_size, config.eval_batch_size, config.augment, config.seed,
-                      launch.rank, launch.world_size, device, config.dirichlet_alpha, config.imagenet_dir,
-                      config.image_size, config.loader_workers)
+                      launch.rank, launch.world_size, device, config.dirichlet_alpha,
+                      imagenet_dir=config.imagenet_dir, image_size=config.image_size,
+                      loader_workers=config.loader_workers, local_rank=launch.local_rank,
+                      workers_per_rank=config.workers_per_node, wait_seconds=config.timeout)
     if config.num_classes is not None and config.num_classes != data.num_classes:
         raise ConfigError(f"--num-classes {config.num_classes} does not match {config.dataset}, which has "
                           f"{data.num_classes} classes")
@@ -155,6 +163,7 @@ def train(config: Config) -> None:
         meter = distributed.CommMeter()
         sync = build_sync(config.training_type, config, meter,
                           RunShape(micro_batches, steps_per_epoch, epochs, schedule, max_steps))
+    error_report.inputs_checked()  # every rank's inputs passed, or every rank stops here with code 2
 
     settings = LoopSettings(epochs=epochs, max_steps=max_steps, micro_batches=micro_batches,
                             eval_every=config.eval_every, log_every=config.log_every,
@@ -212,7 +221,13 @@ def main(argv=None) -> int:
         config = parse_config(argv)
         train(config)
     except (ConfigError, DataError, CheckpointError, distributed.LaunchError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if error_report.prints_the_line(error):
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if not error_report.is_disk_full(error):
+            raise
+        print(f"error: {error_report.disk_full_message(error)}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"error: training diverged: {error}", file=sys.stderr)

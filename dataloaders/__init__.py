@@ -10,6 +10,7 @@ from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indi
 from dataloaders.imagenet import FolderEvalBatches, FolderTrainBatches, imagenet_splits
 from dataloaders.partition import dirichlet_shards
 from dataloaders.sources import DataError, RawData, load_raw  # noqa: F401
+from dataloaders.validate import check_shards
 
 
 @dataclass
@@ -34,20 +35,19 @@ def split_train_val(raw: RawData, val_ratio: float, seed: int):
 def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float,
                val_ratio: float, batch_size: int, eval_batch_size: int, augment: bool, seed: int,
                rank: int, world_size: int, device: torch.device, dirichlet_alpha: float = 0.0,
-               imagenet_dir: str = "", image_size: int = 224, loader_workers: int = 4) -> Data:
+               imagenet_dir: str = "", image_size: int = 224, loader_workers: int = 4, local_rank: int = 0,
+               workers_per_rank: int = 1, wait_seconds: float = 300.0) -> Data:
     """``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.partition); 0 gives iid shards.
-    ``imagenet_dir``, ``image_size`` and ``loader_workers`` are for ``dataset='imagenet'`` only."""
+    ``imagenet_dir``, ``image_size`` and ``loader_workers`` are for ``dataset='imagenet'`` only.
+    ``workers_per_rank`` Hogwild workers split a rank's shard; ``local_rank`` 0 alone downloads."""
     if dataset == "imagenet":
         if dirichlet_alpha:
             raise DataError("--dirichlet-alpha needs every label in memory; it is not available for --dataset imagenet")
         return build_imagenet(imagenet_dir or data_dir, image_size, loader_workers, val_ratio, batch_size,
                               eval_batch_size, augment, seed, rank, world_size, device)
-    raw = load_raw(dataset, data_dir, download, synthetic_size, test_ratio, seed)
+    raw = load_raw(dataset, data_dir, download, synthetic_size, test_ratio, seed, local_rank, wait_seconds)
     (train_images, train_labels), (val_images, val_labels) = split_train_val(raw, val_ratio, seed)
-    shard_size = len(train_images) // world_size
-    if shard_size < batch_size:
-        raise DataError(f"each of the {world_size} ranks gets {shard_size} training images, fewer than one batch of "
-                        f"{batch_size}; lower --batch-size or the number of ranks")
+    check_shards(len(train_images), world_size * workers_per_rank, batch_size, workers_per_rank)
     normalizer = Normalizer.from_images(train_images).to(device)
     to_device = lambda tensor: tensor.to(device)  # noqa: E731
     # Mirroring digits makes other symbols (a flipped 2 is no 2), so MNIST is only cropped.

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-class DataError(RuntimeError):
-    """The data set cannot be loaded; the message says where to put the files."""
+from dataloaders.download_lock import load_once_per_node
+from dataloaders.validate import DataError, check_class_count, check_raw, labels_tensor, load_array
 
 
 @dataclass
@@ -30,9 +29,10 @@ class RawData:
 
 
 def _to_nchw(images) -> torch.Tensor:
-    array = torch.as_tensor(np.asarray(images))
-    if array.dtype != torch.uint8:
+    array = np.asarray(images)
+    if array.dtype != np.uint8:  # checked before torch sees strings or objects, which it cannot hold
         raise DataError(f"expected uint8 images, got {array.dtype}")
+    array = torch.as_tensor(array)
     if array.ndim == 3:  # (N, H, W) greyscale
         return array.unsqueeze(1).contiguous()
     if array.ndim == 4 and array.shape[-1] in (1, 3):  # (N, H, W, C)
@@ -40,8 +40,8 @@ def _to_nchw(images) -> torch.Tensor:
     raise DataError(f"expected images shaped (N,H,W) or (N,H,W,C), got {tuple(array.shape)}")
 
 
-def _labels(values) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values), dtype=torch.int64)
+def _labels(values, name: str = "labels") -> torch.Tensor:
+    return labels_tensor(values, name)
 
 
 def _torchvision_cifar(name: str, data_dir: str, download: bool) -> RawData:
@@ -99,21 +99,24 @@ def _npy(data_dir: str, test_ratio: float, seed: int) -> RawData:
     path = lambda name: os.path.join(data_dir, name)  # noqa: E731
     if not (os.path.exists(path("images.npy")) and os.path.exists(path("labels.npy"))):
         raise DataError(f"--dataset npy needs images.npy (N,H,W,C uint8) and labels.npy in {os.path.abspath(data_dir)}")
-    images, labels = _to_nchw(np.load(path("images.npy"))), _labels(np.load(path("labels.npy")))
+    images, labels = _to_nchw(load_array(path("images.npy"))), _labels(load_array(path("labels.npy")), "labels.npy")
     if len(images) != len(labels):
         raise DataError(f"images.npy has {len(images)} images but labels.npy has {len(labels)} labels")
     has_test = [os.path.exists(path(name)) for name in ("test_images.npy", "test_labels.npy")]
     if any(has_test) and not all(has_test):
         missing = "test_labels.npy" if has_test[0] else "test_images.npy"
         raise DataError(f"{missing} is missing in {os.path.abspath(data_dir)}; give both test files or neither")
+    # Classes come from labels.npy alone: test labels outside them could never be predicted.
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    check_class_count(classes, len(labels), "labels.npy")
     if all(has_test):
-        test_images, test_labels = _to_nchw(np.load(path("test_images.npy"))), _labels(np.load(path("test_labels.npy")))
+        test_images = _to_nchw(load_array(path("test_images.npy")))
+        test_labels = _labels(load_array(path("test_labels.npy")), "test_labels.npy")
     else:  # hold out a seeded test split, disjoint from what training and validation see
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 7))
         held_out = int(round(len(images) * test_ratio))
         test_images, test_labels = images[order[:held_out]], labels[order[:held_out]]
         images, labels = images[order[held_out:]], labels[order[held_out:]]
-    classes = int(max(labels.max(), test_labels.max())) + 1
     return RawData(images, labels, test_images, test_labels, classes)
 
 
@@ -142,14 +145,19 @@ def synthetic(train_size: int, num_classes: int = 10, channels: int = 3, size: i
     return RawData(train_images, train_labels, test_images, test_labels, num_classes)
 
 
-def load_raw(name: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float, seed: int) -> RawData:
+def load_raw(name: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float, seed: int,
+             local_rank: int = 0, wait_seconds: float = 300.0) -> RawData:
+    """``local_rank`` 0 alone downloads a missing data set; the node's other ranks wait up to ``wait_seconds``."""
+    once = lambda load: load_once_per_node(load, data_dir, download, local_rank, wait_seconds)  # noqa: E731
     loaders = {
-        "cifar10": lambda: _torchvision_cifar("cifar10", data_dir, download),
-        "cifar100": lambda: _torchvision_cifar("cifar100", data_dir, download),
-        "mnist": lambda: _mnist(data_dir, download),
+        "cifar10": lambda: once(lambda fetch: _torchvision_cifar("cifar10", data_dir, fetch)),
+        "cifar100": lambda: once(lambda fetch: _torchvision_cifar("cifar100", data_dir, fetch)),
+        "mnist": lambda: once(lambda fetch: _mnist(data_dir, fetch)),
         "npy": lambda: _npy(data_dir, test_ratio, seed),
         "synthetic": lambda: synthetic(synthetic_size),
     }
     if name not in loaders:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(loaders)}")
-    return loaders[name]()
+    raw = loaders[name]()
+    check_raw(raw)
+    return raw

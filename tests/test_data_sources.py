@@ -54,13 +54,13 @@ def test_npy_with_test_files(tmp_path):
     write_npy(tmp_path, "images.npy", train)
     write_npy(tmp_path, "labels.npy", np.arange(30) % 4)
     write_npy(tmp_path, "test_images.npy", test)
-    write_npy(tmp_path, "test_labels.npy", np.arange(10) % 5)
+    write_npy(tmp_path, "test_labels.npy", np.arange(10) % 4)  # classes come from labels.npy
     raw = load_raw("npy", str(tmp_path), False, 0, 0.1, 0)
     assert torch.equal(raw.train_images, torch.from_numpy(train).permute(0, 3, 1, 2))
     assert torch.equal(raw.test_images, torch.from_numpy(test).permute(0, 3, 1, 2))
     assert raw.train_labels.dtype == torch.int64
-    assert torch.equal(raw.test_labels, torch.arange(10) % 5)
-    assert raw.num_classes == 5
+    assert torch.equal(raw.test_labels, torch.arange(10) % 4)
+    assert raw.num_classes == 4
 
 
 def test_npy_without_test_files_holds_out_a_seeded_test_split(tmp_path):

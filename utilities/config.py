@@ -17,7 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from models import MODEL_NAMES
-from utilities import config_aliases
+from utilities import config_aliases, config_checks
 
 TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD",
                   "TorchPeriodicAverager")
@@ -229,10 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_yaml(path: str) -> dict:
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=config_checks.UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: file not found")
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path} is a folder; give the path of a YAML file")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not UTF-8 text; save it as UTF-8 YAML")
+    except OSError as error:
+        raise ConfigError(f"--config {path}: cannot be read ({error.strerror})")
+    except config_checks.DuplicateKey as error:
+        raise ConfigError(f"--config {path}: {error}")
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
@@ -313,3 +321,4 @@ def validate(config: Config) -> None:
         raise ConfigError("--hierarchy takes two values: J_node J_global")
     if len(config.adaptive_thresholds) != 3:
         raise ConfigError("--adaptive-thresholds takes three values: early middle late")
+    config_checks.check_values(config, ConfigError)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from train.sync.base import RunShape, Sync
 from train.sync.averaging import Averager
-from utilities.distributed import CommMeter, all_reduce_mean, is_distributed
+from utilities.distributed import CommMeter, all_reduce_mean, is_distributed, world_size
 from utilities.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 MOMENTUM_SYNC = ("local", "reset", "average")
@@ -176,6 +176,9 @@ def averaging_options(config) -> dict:
         os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
     if hierarchy is not None and ranks_per_node < 1:
         raise ValueError("--hierarchy needs to know which ranks share a node: pass --ranks-per-node")
+    if hierarchy is not None and is_distributed() and world_size() % ranks_per_node:  # before any collective
+        raise ValueError(f"--hierarchy: {world_size()} ranks do not split into nodes of {ranks_per_node} "
+                         f"(--ranks-per-node); give a divisor of the number of ranks")
     return {"overlap": config.overlap, "sync_dtype": config.sync_dtype, "hierarchy": hierarchy,
             "ranks_per_node": ranks_per_node, "overlap_steps": config.overlap_steps}
 
