@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dataloaders import Data, EvalBatches
 from train.sync.base import Sync
+from utilities.amp import MixedPrecision
 from utilities.checkpoint import save_checkpoint
 from utilities.distributed import CommMeter, all_reduce_sum, replicas_identical, world_size
 from utilities.run_files import RunFiles
@@ -42,6 +43,7 @@ class LoopSettings:
     epochs_per_job: int = 0  # stop (checkpointed, resumable) after this many epochs; 0 = run to the end
     on_nan: str = "stop"  # stop, or skip the step
     check_replicas: bool = False
+    amp: str = "off"  # mixed precision of the forward pass and loss: off, bf16 or fp16 (utilities.amp)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Trainer:
         self.data, self.files, self.settings, self.meter = data, files, settings, meter
         self.device, self.rank, self.is_main = device, rank, rank == 0
         self.progress = Progress()
+        self.amp = MixedPrecision(settings.amp, device)
         self.train_model = sync.prepare(model, optimizer)
         self.identity = {}  # set by main: what a checkpoint must match to be resumed
 
@@ -93,6 +96,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "sync": self.sync.state_dict(),
             "meter": self.meter.state_dict(),
+            "amp": self.amp.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
@@ -103,6 +107,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sync.load_state_dict(state["sync"])
         self.meter.load_state_dict(state["meter"])
+        self.amp.load_state_dict(state.get("amp", {}))
         self.progress = Progress(**state["progress"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -120,10 +125,11 @@ class Trainer:
         for index, (x, y) in enumerate(zip(micro_inputs, micro_targets)):
             last = index == len(micro_inputs) - 1
             with self.sync.no_sync() if not last else contextlib.nullcontext():
-                logits = self.train_model(x)
-                loss = F.cross_entropy(logits, y)
+                with self.amp.autocast():
+                    logits = self.train_model(x)
+                    loss = F.cross_entropy(logits, y)
                 # Weighted by size, so the accumulated gradient is that of the whole batch's mean loss.
-                (loss * (len(y) / len(targets))).backward()
+                self.amp.backward(loss * (len(y) / len(targets)))
             loss_sum = loss_sum + loss.detach() * len(y)
             correct = correct + (logits.detach().argmax(dim=1) == y).sum()
         finite = bool(torch.isfinite(loss_sum))
@@ -133,7 +139,7 @@ class Trainer:
                                    f"(lr {lr:.4g}); lower --lr, add --warmup-epochs, or pass --on-nan skip")
         self.sync.before_step(self.progress.step)
         if finite:
-            self.optimizer.step()
+            self.amp.step(self.optimizer)
         else:  # --on-nan skip: drop this update; the sync hooks still run so every rank makes the same collectives
             self.progress.skipped_steps += 1
             loss_sum, correct = torch.zeros_like(loss_sum), torch.zeros_like(correct)

@@ -100,6 +100,7 @@ class Config:
     # Reproducibility and where things go.
     seed: int = _field(0, "seed for the model, splits, shards and augmentation")
     deterministic: bool = _field(False, "deterministic kernels (slower)")
+    amp: str = _field("off", "mixed precision: forward pass and loss autocast to bf16, or fp16 with loss scaling; weights, optimizer, evaluation and communication stay fp32", ("off", "bf16", "fp16"))
     output_dir: str = _field("", "run folder (default runs/<training-type>-<dataset>-<model>)")
     resume: str = _field("", "continue a run: 'auto' (newest valid checkpoint, or a fresh start if none) or a checkpoint path")
     overwrite: bool = _field(False, "replace a run already in --output-dir")
