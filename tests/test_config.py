@@ -70,6 +70,7 @@ NON_DEFAULT = {
     "prepass_epochs": 2,
     "seed": 7,
     "deterministic": True,
+    "amp": "bf16",
     "output_dir": "runs/elsewhere",
     "resume": "auto",
     "overwrite": True,
