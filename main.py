@@ -50,7 +50,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    # cuDNN times its convolution algorithms on the first batch of each shape and keeps the fastest
+    # (shapes are fixed here); the pick can differ between runs, so not under --deterministic.
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def check_output_dir(config: Config, directory: str) -> None:
@@ -118,6 +120,8 @@ def train(config: Config) -> None:
                           f"{', '.join(SYNC_TYPES)}")
     if config.dirichlet_alpha and config.training_type in ("LPPSGD", "LAPSGD"):
         raise ConfigError("--dirichlet-alpha (non-iid shards) is not available for LPPSGD/LAPSGD; use iid shards")
+    if config.amp != "off" and config.training_type in ("LPPSGD", "LAPSGD"):
+        raise ConfigError("--amp is not available for LPPSGD/LAPSGD (their workers train in fp32); use --amp off")
     if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
         raise ConfigError("--workers-per-node is for --training-type LPPSGD or LAPSGD")
     launch = distributed.detect_launch()
@@ -168,7 +172,7 @@ def train(config: Config) -> None:
     settings = LoopSettings(epochs=epochs, max_steps=max_steps, micro_batches=micro_batches,
                             eval_every=config.eval_every, log_every=config.log_every,
                             keep_checkpoints=config.keep_checkpoints, epochs_per_job=config.epochs_per_job,
-                            on_nan=config.on_nan, check_replicas=config.check_replicas)
+                            on_nan=config.on_nan, check_replicas=config.check_replicas, amp=config.amp)
     files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
     trainer = Trainer(model, optimizer, scheduler, sync, data, files, settings, meter, device, launch.rank)
     trainer.identity = {"training_type": config.training_type, "model": config.model, "dataset": config.dataset,

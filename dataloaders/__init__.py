@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indices  # noqa: F401
 from dataloaders.imagenet import FolderEvalBatches, FolderTrainBatches, imagenet_splits
+from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indices, to_device  # noqa: F401
 from dataloaders.partition import dirichlet_shards
 from dataloaders.sources import DataError, RawData, load_raw  # noqa: F401
 from dataloaders.validate import check_shards
@@ -49,14 +49,15 @@ def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int,
     (train_images, train_labels), (val_images, val_labels) = split_train_val(raw, val_ratio, seed)
     check_shards(len(train_images), world_size * workers_per_rank, batch_size, workers_per_rank)
     normalizer = Normalizer.from_images(train_images).to(device)
-    to_device = lambda tensor: tensor.to(device)  # noqa: E731
+    # The whole data set is copied to the device once (on a GPU it stays there: no per-batch copies).
+    on_device = lambda tensor: to_device(tensor, device)  # noqa: E731
     # Mirroring digits makes other symbols (a flipped 2 is no 2), so MNIST is only cropped.
     flip = dataset != "mnist"
     fixed_shard = dirichlet_shards(train_labels, world_size, dirichlet_alpha, seed)[rank] if dirichlet_alpha else None
-    train = TrainBatches(to_device(train_images), to_device(train_labels), normalizer, batch_size, rank, world_size,
+    train = TrainBatches(on_device(train_images), on_device(train_labels), normalizer, batch_size, rank, world_size,
                          seed, augment, flip, fixed_shard)
-    val = EvalBatches(to_device(val_images), to_device(val_labels), normalizer, eval_batch_size, rank, world_size)
-    test = EvalBatches(to_device(raw.test_images), to_device(raw.test_labels), normalizer, eval_batch_size, rank,
+    val = EvalBatches(on_device(val_images), on_device(val_labels), normalizer, eval_batch_size, rank, world_size)
+    test = EvalBatches(on_device(raw.test_images), on_device(raw.test_labels), normalizer, eval_batch_size, rank,
                        world_size)
     channels, image_size = train_images.shape[1], train_images.shape[2]
     return Data(train, val, test, channels, image_size, raw.num_classes, len(train_images))

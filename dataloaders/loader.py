@@ -25,6 +25,16 @@ def shard_indices(num_samples: int, rank: int, world_size: int, seed: int, epoch
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` on ``device``. A host-to-GPU copy goes through page-locked (pinned) memory: the GPU
+    reads it by DMA without the driver's staging copy, and the host does not wait for the copy."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type == "cuda":
+        return tensor.to(device)
+    # The pinned block is held by torch's caching host allocator until the copy reading it is done.
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Crop every image of a uint8 batch at its own (dy, dx) offset from a zero-padded copy, and
     mirror those with ``flips`` set, in a few whole-batch tensor operations."""
@@ -100,10 +110,12 @@ class TrainBatches:
 
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield (inputs, targets) for ``epoch``, skipping the first ``start_step`` batches (resume)."""
-        indices = self.shard(epoch).to(self.images.device)
+        # Drawn on the host (the same numbers on every device), then copied over once per epoch.
+        device = self.images.device
+        indices = to_device(self.shard(epoch), device)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 4099 + self.rank)
-        offsets = torch.randint(0, 2 * PAD + 1, (len(indices), 2), generator=generator).to(self.images.device)
-        flips = (torch.rand(len(indices), generator=generator) < 0.5).to(self.images.device) & self.flip
+        offsets = to_device(torch.randint(0, 2 * PAD + 1, (len(indices), 2), generator=generator), device)
+        flips = to_device(torch.rand(len(indices), generator=generator) < 0.5, device) & self.flip
         for step in range(start_step, self.steps_per_epoch):
             batch = slice(step * self.batch_size, (step + 1) * self.batch_size)
             images = self.images[indices[batch]]

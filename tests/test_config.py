@@ -73,6 +73,7 @@ NON_DEFAULT = {
     "prepass_epochs": 2,
     "seed": 7,
     "deterministic": True,
+    "amp": "bf16",
     "output_dir": "runs/elsewhere",
     "timestamped_output_dir": True,
     "store_results": True,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dataloaders import Data, EvalBatches
 from train.sync.base import Sync, TrainingDiverged
+from utilities.amp import MixedPrecision
 from utilities.checkpoint import save_checkpoint
 from utilities.distributed import CommMeter, all_reduce_sum, replicas_identical, world_size
 from utilities.run_files import RunFiles
@@ -38,6 +39,7 @@ class LoopSettings:
     epochs_per_job: int = 0  # stop (checkpointed, resumable) after this many epochs; 0 = run to the end
     on_nan: str = "stop"  # stop, or skip the step
     check_replicas: bool = False
+    amp: str = "off"  # mixed precision of the forward pass and loss: off, bf16 or fp16 (utilities.amp)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Trainer:
         self.data, self.files, self.settings, self.meter = data, files, settings, meter
         self.device, self.rank, self.is_main = device, rank, rank == 0
         self.progress = Progress()
+        self.amp = MixedPrecision(settings.amp, device)
         self.train_model = sync.prepare(model, optimizer)
         self.identity = {}  # set by main: what a checkpoint must match to be resumed
         self.diverged = None  # why this rank must stop (--on-nan stop), until every rank knows
@@ -93,6 +96,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "sync": self.sync.state_dict(),
             "meter": self.meter.state_dict(),
+            "amp": self.amp.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
@@ -103,6 +107,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sync.load_state_dict(state["sync"])
         self.meter.load_state_dict(state["meter"])
+        self.amp.load_state_dict(state.get("amp", {}))
         self.progress = Progress(**state["progress"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -121,16 +126,17 @@ class Trainer:
         for index, (x, y) in enumerate(zip(micro_inputs, micro_targets)):
             last = index == len(micro_inputs) - 1
             with self.sync.no_sync() if not last else contextlib.nullcontext():
-                logits = self.train_model(x)
-                loss = F.cross_entropy(logits, y)
+                with self.amp.autocast():
+                    logits = self.train_model(x)
+                    loss = F.cross_entropy(logits, y)
                 # Weighted by size, so the accumulated gradient is that of the whole batch's mean loss.
-                (loss * (len(y) / len(targets))).backward()
+                self.amp.backward(loss * (len(y) / len(targets)))
             loss_sum = loss_sum + loss.detach() * len(y)
             correct = correct + (logits.detach().argmax(dim=1) == y).sum()
         self.sync.before_step(self.progress.step)
         finite = self.update_is_finite(loss_sum)
         if finite:
-            self.optimizer.step()
+            self.amp.step(self.optimizer)
         else:  # the sync hooks still run, so every rank makes the same collectives
             if buffers_before:
                 torch._foreach_copy_(self.skip_restores, buffers_before)
@@ -152,7 +158,8 @@ class Trainer:
         and a rank that must stop poisons its model so the next averaging round stops every rank
         (train.sync.averaging), with the epoch's metrics reduction as the latest meeting point."""
         step = self.progress.step
-        if self.sync.gradients_shared(step):
+        # fp16 gradients are scaled and may overflow: the GradScaler skips those steps itself.
+        if self.sync.gradients_shared(step) and self.amp.scaler is None:
             gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
             finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(gradients)).sum()))
         else:

@@ -105,6 +105,7 @@ class Config:
     # Reproducibility and where things go.
     seed: int = _field(0, "seed for the model, splits, shards and augmentation")
     deterministic: bool = _field(False, "deterministic kernels (slower)")
+    amp: str = _field("off", "mixed precision: forward pass and loss autocast to bf16, or fp16 with loss scaling; weights, optimizer, evaluation and communication stay fp32", ("off", "bf16", "fp16"))
     output_dir: str = _field("", "run folder (default runs/<training-type>-<dataset>-<model>)")
     timestamped_output_dir: bool = _field(False, "append -YYYYmmdd-HHMMSS to the run folder, new for every run (on for LPP-SGD flags without --output-dir)")
     store_results: bool = _field(False, "also write LPP-SGD's results.json and args.json into the run folder")

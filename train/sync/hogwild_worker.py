@@ -64,6 +64,19 @@ def take_step(node_steps, max_steps: int) -> bool:
         return True
 
 
+def host_copy(state):
+    """``state`` with its tensors copied to host memory. A CUDA tensor sent through a queue is a
+    handle into this process's memory, invalid once the worker exits; and even a CPU tensor would
+    be shared, changing under the coordinator as this worker trains on."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: host_copy(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(host_copy(value) for value in state)
+    return state
+
+
 def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps) -> None:
     """Process entry: run the epochs the coordinator asks for until it sends None."""
     os.environ["OMP_NUM_THREADS"] = str(spec.threads)
@@ -76,8 +89,9 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
     results.put(("ready", index))
     while (epoch := commands.get()) is not None:
         partitioned = spec.block is not None and epoch >= spec.prepass_epochs
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
+        # On the data's device: a CPU total cannot take a GPU step's loss in place.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=train.images.device)
+        correct = torch.zeros((), dtype=torch.int64, device=train.images.device)
         images = 0
         for step, (inputs, targets) in enumerate(train.epoch(epoch)):
             if not take_step(node_steps, spec.max_steps):
@@ -92,4 +106,4 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
             correct += step_correct
             images += len(targets)
         use_block(parameters, None)
-        results.put((index, loss_sum.item(), correct.item(), images, optimizer.state_dict()))
+        results.put((index, loss_sum.item(), correct.item(), images, host_copy(optimizer.state_dict())))
