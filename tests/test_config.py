@@ -73,6 +73,7 @@ NON_DEFAULT = {
     "output_dir": "runs/elsewhere",
     "resume": "auto",
     "overwrite": True,
+    "allow_config_change": True,
     "eval_every": 2,
     "log_every": 10,
     "tensorboard": True,

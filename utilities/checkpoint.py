@@ -61,10 +61,13 @@ def remove_orphan_temporaries(directory: str) -> list:
 def plain_values(value):
     """``value`` with numpy values and dataclass objects turned into tensors and plain Python types, the
     only things ``weights_only=True`` loads."""
-    if isinstance(value, dict):
-        return type(value)((key, plain_values(item)) for key, item in value.items())
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(plain_values(item) for item in value)
+    if isinstance(value, dict):  # rebuilt only when something changed: a state_dict keeps its _metadata
+        converted = {key: plain_values(item) for key, item in value.items()}
+        return value if all(converted[key] is item for key, item in value.items()) else converted
+    if isinstance(value, (list, tuple)):
+        converted = [plain_values(item) for item in value]
+        unchanged = all(new is old for new, old in zip(converted, value))
+        return value if unchanged else converted if isinstance(value, list) else tuple(converted)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return plain_values(dataclasses.asdict(value))
     if isinstance(value, numpy.ndarray):
