@@ -53,6 +53,11 @@ def lines_starting(text: str, prefix: str) -> list:
     return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
+def no_rank_traceback(stderr: str) -> bool:
+    """No traceback through this project's code (torchrun's agent prints its own for a failed rank)."""
+    return f'File "{REPO}' not in stderr
+
+
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
     """A 2-rank PLSGD run stopped after epoch 2 of 3: every rank's checkpoints of epochs 1 and 2."""
@@ -144,7 +149,7 @@ def test_resume_from_a_path_never_loads_another_ranks_state(run_copy):
     before = snapshot(run_copy)
     result = run_main([*LOCAL, "--resume", str(run_copy / "checkpoints" / "epoch-00002.pt"),
                        "--output-dir", str(run_copy)], nproc=2, timeout=120)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode != 0 and no_rank_traceback(result.stderr)
     errors = lines_starting(result.stderr, "error:")
     assert errors and all("rank 1: epoch-00002.rank-1.pt is missing" in line for line in errors), result.stderr
     assert snapshot(run_copy) == before
@@ -156,7 +161,7 @@ def test_resume_with_another_J_is_refused_naming_the_change(run_copy):
     before = snapshot(run_copy)
     result = run_main([*LOCAL, "--local-steps", "8", "--lr", "0.1", "--resume", "auto",
                        "--output-dir", str(run_copy)], nproc=2)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode != 0 and no_rank_traceback(result.stderr)
     errors = lines_starting(result.stderr, "error:")
     assert errors and all("local-steps 4 -> 8" in line and "lr 0.05 -> 0.1" in line
                           and "--allow-config-change" in line for line in errors), result.stderr
@@ -212,7 +217,7 @@ def test_a_second_run_in_a_locked_folder_exits_naming_the_holder(single_copy, np
     finally:
         holder.kill()
         holder.wait()
-    assert result.returncode == (2 if nproc == 1 else 1) and "Traceback" not in result.stderr
+    assert result.returncode == (2 if nproc == 1 else 1) and no_rank_traceback(result.stderr)
     errors = lines_starting(result.stderr, "error:")
     assert errors and all("in use by another run" in line and f"pid {holder.pid}" in line for line in errors)
     if nproc == 1:
