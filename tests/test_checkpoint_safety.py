@@ -268,3 +268,13 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_error_line(tmp_path, monk
     errors = lines_starting(err, "error:")
     assert len(errors) == 1 and "no space left" in errors[0] and "epoch-00001.pt" in errors[0]
     assert os.listdir(tmp_path / "run" / "checkpoints") == []  # no half-written file left
+
+
+def test_resume_auto_with_another_world_size_is_refused_not_restarted(single_copy):
+    before = snapshot(single_copy)
+    result = run_main([*SMALL, "--epochs", "2", "--resume", "auto", "--output-dir", str(single_copy)], nproc=2,
+                      timeout=120)
+    assert result.returncode != 0 and no_rank_traceback(result.stderr)
+    errors = lines_starting(result.stderr, "error:")
+    assert errors and all("from a run on 1 rank(s)" in line for line in errors), result.stderr
+    assert snapshot(single_copy) == before

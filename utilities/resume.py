@@ -46,6 +46,10 @@ def try_load(path: str, device):
         return None, str(error)
 
 
+def saved_world_size(state):
+    return None if state is None else (state.get("identity") or {}).get("world_size")
+
+
 def newest_complete_state(directory: str, rank: int, device):
     """This rank's state of the newest epoch every rank can resume from, or None for a fresh start.
     Skipped epochs are reported in one warning line (rank 0)."""
@@ -53,7 +57,11 @@ def newest_complete_state(directory: str, rank: int, device):
     skipped = []
     for epoch in candidates:
         state, problem = try_load(checkpoint_path(directory, epoch, rank), device)
-        problems = [f"rank {r}: {p}" for r, p in enumerate(gather(problem)) if p is not None]
+        found = gather((problem, saved_world_size(state)))
+        if found[0][1] not in (None, len(found)):  # fewer or more ranks: no older set would fit either
+            raise CheckpointError(f"the checkpoints in {directory} are from a run on {found[0][1]} rank(s); resume "
+                                  f"with that many ranks, or choose another --output-dir")
+        problems = [f"rank {r}: {p}" for r, (p, _) in enumerate(found) if p is not None]
         if not problems:
             break
         skipped.append(f"epoch {epoch} ({'; '.join(problems)})")
