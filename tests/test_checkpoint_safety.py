@@ -247,8 +247,10 @@ def test_orphan_temporary_files_are_removed_and_not_counted(single_copy):
     for orphan in orphans:
         orphan.write_bytes(b"half a file")
     check_ok(run_main([*SMALL, "--epochs", "3", "--keep-checkpoints", "1", "--resume", "auto",
-                       "--allow-config-change", "--output-dir", str(single_copy)]))
+                       "--output-dir", str(single_copy)]))
     assert not any(orphan.exists() for orphan in orphans)
+    recorded = yaml.safe_load((single_copy / "config.yaml").read_text())  # a longer run needs no flag
+    assert recorded["config_changes"] == [{"from_epoch": 2, "changes": {"epochs": {"from": 2, "to": 3}}}]
     assert sorted(p.name for p in (single_copy / "checkpoints").iterdir()) == ["epoch-00003.pt",
                                                                                "epoch-00003.pt.sha256"]
 

@@ -4,7 +4,7 @@ Every checkpoint records them (as the trainer's ``identity``). Resuming with ano
 training type or world size is impossible (the states do not fit); resuming with another batch size,
 J, LR, schedule, optimizer, seed, ... would silently mix two runs, so it is refused unless the user
 passes --allow-config-change; then the new settings take effect and config.yaml records what changed
-from which epoch.
+from which epoch. Only the run's length (epochs, steps) may change without asking, to extend a run.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from utilities.config import ConfigError
 
 # A checkpoint that differs in one of these cannot be loaded into this run at all.
 INCOMPATIBLE = ("training_type", "model", "dataset", "world_size")
+# How long to train: a finished or stopped run may be extended without --allow-config-change (the change is
+# still recorded in config.yaml).
+LENGTH = ("epochs", "max_steps", "total_steps")
 # Where files are, how progress is shown, how fast or on what device: none changes what is computed.
 # (Micro-batching only splits a batch to fit memory.) Every other setting is compared.
 OPERATIONAL = frozenset({
@@ -48,8 +51,9 @@ def check_resume_settings(saved: dict, current: dict, allow_change: bool) -> dic
     if incompatible:
         raise CheckpointError(f"the checkpoint belongs to another run ({describe(incompatible)}); it cannot be "
                               f"resumed with these settings; choose another --output-dir or --resume path")
-    if changes and not allow_change:
-        raise ConfigError(f"resuming with other settings would mix two runs: {describe(changes)}; use the "
+    refused = {name: change for name, change in changes.items() if name not in LENGTH}
+    if refused and not allow_change:
+        raise ConfigError(f"resuming with other settings would mix two runs: {describe(refused)}; use the "
                           f"checkpoint's settings, or pass --allow-config-change to continue with the new ones")
     return changes
 
