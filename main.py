@@ -27,13 +27,15 @@ from train.optimizers import build_optimizer
 from train.schedules import Schedule, default_warmup_start, scaled_lr
 from train.sync import SYNC_TYPES, RunShape, build_sync
 from utilities import distributed
-from utilities.checkpoint import (CheckpointError, checkpoint_epoch, checkpoint_path, load_checkpoint,
-                                  newest_valid_checkpoint, rank_path)
+from utilities.checkpoint import CheckpointError, remove_orphan_temporaries
 from utilities.config import Config, ConfigError, parse_config
 from utilities import error_report
 from utilities.config_checks import unusable_output_dir
 from utilities.lppsgd_results import timestamped_run_dir, write_results
+from utilities.resume import resume_state
 from utilities.run_files import RunFiles, code_version, holds_a_run
+from utilities.run_lock import hold_output_folder, release_output_folder
+from utilities.run_settings import change_history, check_resume_settings, load_with_changes, run_identity
 
 
 def set_threads(launch: distributed.LaunchInfo) -> None:
@@ -57,6 +59,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def check_output_dir(config: Config, directory: str) -> None:
     """Refuse to mix two runs in one folder; runs before any rank writes anything."""
+    if config.resume and config.overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite deletes it; pass only one")
     problem = unusable_output_dir(directory)
     if problem:
         raise ConfigError(problem)
@@ -85,23 +89,6 @@ def settings_checked_by_constructors():
         yield
     except ValueError as error:
         raise ConfigError(str(error)) from None
-
-
-def resume_state(config: Config, checkpoints: str, rank: int, device) -> dict | None:
-    """This rank's checkpoint to continue from. Rank 0 picks the epoch (--resume auto: the newest that
-    verifies) and every rank loads its own state of that epoch, so all ranks resume the same point."""
-    if not config.resume:
-        return None
-    if config.resume == "auto":
-        found = newest_valid_checkpoint(checkpoints, device) if rank == 0 else None
-        epoch = distributed.broadcast_int(checkpoint_epoch(found[0]) if found else 0, device)
-        if epoch == 0:
-            return None
-        path = checkpoint_path(checkpoints, epoch)
-    else:
-        path = config.resume
-    own = rank_path(path, rank)
-    return load_checkpoint(own if os.path.exists(own) else path, device)
 
 
 def clear_run(output_dir: str) -> None:
@@ -134,6 +121,7 @@ def train(config: Config) -> None:
     distributed.init_distributed(launch, backend, config.timeout, config.dist_url)
     if config.timestamped_output_dir:
         output_dir = timestamped_run_dir(output_dir, config.resume, device)
+    hold_output_folder(output_dir, launch.rank)  # released in main(), or by the kernel when this process dies
     error_report.inputs_being_checked()
     is_main = launch.rank == 0
     seed_everything(config.seed, config.deterministic)
@@ -175,24 +163,27 @@ def train(config: Config) -> None:
                             on_nan=config.on_nan, check_replicas=config.check_replicas, amp=config.amp)
     files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
     trainer = Trainer(model, optimizer, scheduler, sync, data, files, settings, meter, device, launch.rank)
-    trainer.identity = {"training_type": config.training_type, "model": config.model, "dataset": config.dataset,
-                        "world_size": launch.world_size}
-    state = resume_state(config, files.checkpoints, launch.rank, device)
-    if state is not None and state.get("identity") != trainer.identity:
-        raise CheckpointError(f"the checkpoint belongs to another run ({state.get('identity')}); it cannot "
-                              f"resume {trainer.identity}")
-    # Only now, with every input checked, is anything in the output folder changed.
+    trainer.identity = run_identity(config.to_dict(), launch.world_size)
+    state = resume_state(config.resume, files.checkpoints, launch.rank, device)
+    changes = {} if state is None else check_resume_settings(state.get("identity") or {}, trainer.identity,
+                                                              config.allow_config_change)
+    # Only now, with every input checked (data loaded, model built, checkpoint verified), is anything in the
+    # output folder changed.
     if is_main and config.overwrite:
         clear_run(output_dir)
+    if is_main:
+        remove_orphan_temporaries(output_dir)
+        remove_orphan_temporaries(files.checkpoints)
     if state is not None:
-        trainer.load_checkpoint_state(state)
+        load_with_changes(trainer, state, changes, schedule)
     files.restore_metrics(trainer.progress.rows)
+    history = change_history(files.path("config.yaml"), trainer.progress.epoch, changes)
     files.write_config(config.to_dict(), {"run": {
         "code_version": code_version(), "torch_version": str(torch.__version__), "launcher": launch.launcher,
         "world_size": launch.world_size, "backend": backend if launch.world_size > 1 else "none",
         "device": str(device), "global_batch": config.batch_size * launch.world_size, "peak_lr": peak_lr,
         "steps_per_epoch": steps_per_epoch, "micro_batches": micro_batches, "train_size": data.train_size,
-        "resumed_from_epoch": trainer.progress.epoch}})
+        "resumed_from_epoch": trainer.progress.epoch}, **({"config_changes": history} if history else {})})
     if is_main:
         print(f"{config.training_type} on {launch.world_size} rank(s) via {launch.launcher} ({backend}, {device}): "
               f"{config.model} on {config.dataset}, {epochs} epochs x {steps_per_epoch} steps, "
@@ -245,6 +236,8 @@ def main(argv=None) -> int:
         print(f"error: rank {torch.distributed.get_rank()} lost contact with the other ranks (one died, timed out "
               f"after --timeout, or the network failed): {str(error).splitlines()[0][:300]}", file=sys.stderr)
         return 1
+    finally:
+        release_output_folder()
     return 0
 
 

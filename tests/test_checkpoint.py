@@ -71,8 +71,7 @@ def test_missing_file(tmp_path):
 
 
 def test_file_that_is_no_trainer_checkpoint(tmp_path):
-    path = str(tmp_path / "epoch-00001.pt")
-    atomic_torch_save({"weights": torch.ones(2)}, path)
+    path = save_checkpoint({"weights": torch.ones(2)}, str(tmp_path), epoch=1)  # checksummed, so it is read
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_checkpoint(path)
 

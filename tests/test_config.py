@@ -79,6 +79,7 @@ NON_DEFAULT = {
     "store_results": True,
     "resume": "auto",
     "overwrite": True,
+    "allow_config_change": True,
     "eval_every": 2,
     "log_every": 10,
     "tensorboard": True,

@@ -85,6 +85,11 @@ def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint(tmp_path):
                              text=True)
     try:
         _wait_for_epochs(tmp_path, 1, agent)
+        # metrics.jsonl leads the checkpoints: wait for every rank's file, or epoch 1 is rightly not resumable.
+        while not all((tmp_path / "checkpoints" / name).exists()
+                      for name in ("epoch-00001.pt.sha256", "epoch-00001.rank-1.pt.sha256")):
+            assert agent.poll() is None
+            time.sleep(0.1)
         ranks = _children(agent.pid)
         assert len(ranks) == 2, ranks
         os.kill(ranks[-1], signal.SIGKILL)  # mid-epoch 2

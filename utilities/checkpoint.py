@@ -2,20 +2,27 @@
 
 A reader never sees half a file: either the old checkpoint or the new one exists under
 the final name. The SHA-256 of the payload is stored beside it so a truncated or
-corrupted file is detected and skipped instead of resumed from.
+corrupted file is detected and skipped instead of resumed from. Files are read with
+``weights_only=True``: a checkpoint holds tensors and plain Python values only, so a
+crafted file cannot run code when it is loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import glob
 import hashlib
 import io
+import contextlib
 import os
 import re
 import sys
 
+import numpy
 import torch
 
+TEMPORARY = re.compile(r".+\.tmp\.\d+")  # what atomic_write_bytes leaves behind when its writer dies
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message says which and why."""
@@ -24,11 +31,50 @@ class CheckpointError(RuntimeError):
 def atomic_write_bytes(path: str, payload: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = f"{path}.tmp.{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"no space left to write {path}; free disk space (or keep fewer checkpoints "
+                                  f"with --keep-checkpoints N), then continue with --resume auto") from None
+        raise
+
+
+def remove_orphan_temporaries(directory: str) -> list:
+    """Delete the half-written files of writers that died (a kill, a full disk); returns their paths.
+    Called before any rank of a new run writes, so no live writer's file is removed."""
+    removed = []
+    for path in glob.glob(os.path.join(directory, "*.tmp.*")):
+        if TEMPORARY.fullmatch(os.path.basename(path)) and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
+def plain_values(value):
+    """``value`` with numpy values and dataclass objects turned into tensors and plain Python types, the
+    only things ``weights_only=True`` loads."""
+    if isinstance(value, dict):  # rebuilt only when something changed: a state_dict keeps its _metadata
+        converted = {key: plain_values(item) for key, item in value.items()}
+        return value if all(converted[key] is item for key, item in value.items()) else converted
+    if isinstance(value, (list, tuple)):
+        converted = [plain_values(item) for item in value]
+        unchanged = all(new is old for new, old in zip(converted, value))
+        return value if unchanged else converted if isinstance(value, list) else tuple(converted)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain_values(dataclasses.asdict(value))
+    if isinstance(value, numpy.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, numpy.generic):
+        return value.item()
+    return value
 
 
 def atomic_torch_save(obj, path: str) -> None:
@@ -51,7 +97,7 @@ def rank_path(path: str, rank: int) -> str:
 def save_checkpoint(state: dict, directory: str, epoch: int, keep: int = 0, rank: int = 0) -> str:
     """Write ``state`` as ``rank``'s checkpoint of ``epoch``; keep that rank's newest ``keep`` (0 = all)."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(plain_values(state), buffer)
     payload = buffer.getvalue()
     path = checkpoint_path(directory, epoch, rank)
     atomic_write_bytes(path, payload)
@@ -82,15 +128,17 @@ def load_checkpoint(path: str, device="cpu") -> dict:
             payload = handle.read()
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror}")
-    digest_file = path + ".sha256"
-    if os.path.exists(digest_file):
-        with open(digest_file) as handle:
-            expected = handle.read().strip()
-        if hashlib.sha256(payload).hexdigest() != expected:
-            raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
     try:
-        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
-    except Exception as error:  # any unpickling failure means the file is unusable
+        with open(path + ".sha256") as handle:
+            expected = handle.read().strip()
+    except (OSError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: its checksum file {path}.sha256 is missing "
+                              f"or unreadable (copy it along with the checkpoint)")
+    if hashlib.sha256(payload).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    except Exception as error:  # any unpickling failure, a forbidden global included, means the file is unusable
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {type(error).__name__}")
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this trainer")

@@ -111,6 +111,7 @@ class Config:
     store_results: bool = _field(False, "also write LPP-SGD's results.json and args.json into the run folder")
     resume: str = _field("", "continue a run: 'auto' (also a bare --resume; newest valid checkpoint, or a fresh start if none) or a checkpoint path")
     overwrite: bool = _field(False, "replace a run already in --output-dir")
+    allow_config_change: bool = _field(False, "--resume with settings other than the checkpoint's (batch, J, LR, ...); config.yaml records the change")
     keep_checkpoints: int = _field(0, "keep only the newest N epoch checkpoints per rank (0 = all)")
     epochs_per_job: int = _field(0, "stop after this many epochs, checkpointed, for time-limited jobs; continue with --resume auto (0 = run to the end)")
     on_nan: str = _field("stop", "a non-finite loss stops the run, or its step is skipped", ("stop", "skip"))
