@@ -23,11 +23,13 @@ from dataloaders import DataError, build_data
 from models import apply_ghost_batch_norm, build_model
 from train.loop import LoopSettings, ReplicasDiffer, Trainer, TrainingDiverged
 from train.optimizers import build_optimizer
+from train.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch
 from train.schedules import Schedule, default_warmup_start, scaled_lr
 from train.sync import SYNC_TYPES, RunShape, build_sync
+from train.sync.hogwild_watch import WorkerFailed
 from utilities import distributed
-from utilities.checkpoint import (CheckpointError, checkpoint_epoch, checkpoint_path, load_checkpoint,
-                                  newest_valid_checkpoint, rank_path)
+from utilities.checkpoint import (CheckpointError, checkpoint_epoch, checkpoint_path, checkpoint_step,
+                                  load_checkpoint, newest_valid_checkpoint, rank_path)
 from utilities.config import Config, ConfigError, parse_config
 from utilities.run_files import RunFiles, code_version, holds_a_run
 
@@ -85,10 +87,11 @@ def resume_state(config: Config, checkpoints: str, rank: int, device) -> dict | 
         return None
     if config.resume == "auto":
         found = newest_valid_checkpoint(checkpoints, device) if rank == 0 else None
-        epoch = distributed.broadcast_int(checkpoint_epoch(found[0]) if found else 0, device)
-        if epoch == 0:
+        epoch = distributed.broadcast_int(checkpoint_epoch(found[0]) if found else -1, device)
+        step = distributed.broadcast_int(checkpoint_step(found[0]) if found else 0, device)
+        if epoch < 0:
             return None
-        path = checkpoint_path(checkpoints, epoch)
+        path = checkpoint_path(checkpoints, epoch, step=step)
     else:
         path = config.resume
     own = rank_path(path, rank)
@@ -113,6 +116,7 @@ def train(config: Config) -> None:
         raise ConfigError("--dirichlet-alpha (non-iid shards) is not available for LPPSGD/LAPSGD; use iid shards")
     if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
         raise ConfigError("--workers-per-node (--num-processes) is for --training-type LPPSGD or LAPSGD")
+    preemption = PreemptionWatch().install()  # before the slow start-up, so an early signal is not lost
     launch = distributed.detect_launch()
     device = distributed.pick_device(config.device, launch.local_rank)
     backend = distributed.pick_backend(config.backend, device)
@@ -156,6 +160,7 @@ def train(config: Config) -> None:
                             on_nan=config.on_nan, check_replicas=config.check_replicas)
     files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
     trainer = Trainer(model, optimizer, scheduler, sync, data, files, settings, meter, device, launch.rank)
+    trainer.preemption = preemption
     trainer.identity = {"training_type": config.training_type, "model": config.model, "dataset": config.dataset,
                         "world_size": launch.world_size}
     state = resume_state(config, files.checkpoints, launch.rank, device)
@@ -178,9 +183,15 @@ def train(config: Config) -> None:
         print(f"{config.training_type} on {launch.world_size} rank(s) via {launch.launcher} ({backend}, {device}): "
               f"{config.model} on {config.dataset}, {epochs} epochs x {steps_per_epoch} steps, "
               f"global batch {config.batch_size * launch.world_size}, peak lr {peak_lr:.4g}"
-              + (f", resuming after epoch {trainer.progress.epoch}" if state is not None else ""), file=sys.stderr)
+              + (f", resuming after epoch {trainer.progress.epoch}" if state is not None else "")
+              + (f" step {trainer.progress.step} (mid-epoch)" if trainer.progress.epoch_partial else ""),
+              file=sys.stderr)
 
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except Preempted:
+        files.close()
+        raise
     if summary is None:
         if is_main:
             print(f"stopped after epoch {trainer.progress.epoch} (--epochs-per-job); continue with --resume auto",
@@ -212,6 +223,13 @@ def main(argv=None) -> int:
     except ReplicasDiffer as error:
         print(f"error: {error}", file=sys.stderr)
         return 4
+    except Preempted as stop:
+        if not distributed.is_distributed() or torch.distributed.get_rank() == 0:
+            print(str(stop), file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except WorkerFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (torch.distributed.DistError, RuntimeError) as error:
         if not distributed.is_distributed() or not distributed.is_communication_failure(error):
             raise  # a real bug, whose traceback is worth reading

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import queue
 import time
 
@@ -27,6 +28,7 @@ import torch.multiprocessing as mp
 
 from dataloaders import TrainBatches
 from train.sync.base import RunShape, Sync
+from train.sync.hogwild_watch import WorkerWatch
 from train.sync.hogwild_worker import WorkerSpec, worker_main
 from train.sync.partition import balanced_blocks
 from train.sync.plsgd import broadcast_from_rank0
@@ -40,7 +42,8 @@ class LAPSGD(Sync):
     partitioned = False
 
     def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
-                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None):
+                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None,
+                 timeout: float = 300.0):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
@@ -55,6 +58,7 @@ class LAPSGD(Sync):
         self.synced_at = 0  # node step count at the last averaging round
         self.steps_during_rounds = 0  # node steps the workers took while a round was in flight
         self.processes, self.worker_states = [], {}
+        self.watch = WorkerWatch(self.context, workers, timeout)  # a stuck worker fails its rank within timeout s
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
@@ -62,7 +66,7 @@ class LAPSGD(Sync):
                   "weight_decay": config.weight_decay, "trust_coefficient": config.trust_coefficient,
                   "exclude_bias_and_norm": config.lars_exclude_bias_norm}
         return cls(meter, config.local_steps, config.workers_per_node, config.optimizer, kwargs, shape.schedule,
-                   config.prepass_epochs, config.average_buffers)
+                   config.prepass_epochs, config.average_buffers, timeout=config.timeout)
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -89,25 +93,21 @@ class LAPSGD(Sync):
             data.shard_size = len(train.images) // data.world_size
             data.steps_per_epoch = data.shard_size // train.batch_size
             spec = WorkerSpec(self.rank, self.workers, self.optimizer_name, self.optimizer_kwargs, self.schedule,
-                              threads, block, self.prepass_epochs, self.worker_states.get(index))
+                              threads, block, self.prepass_epochs, self.worker_states.get(index), os.getpid())
             process = self.context.Process(target=worker_main, daemon=True, name=f"hogwild-{self.rank}-{index}",
                                            args=(index, spec, self.model, data, self.commands[index], self.results,
-                                                 self.node_steps))
+                                                 self.node_steps, self.watch.steps))
             process.start()
             self.processes.append(process)
         for _ in self.processes:  # start-up (imports) is not training time
             self.results.get(timeout=300)
-
-    def check_workers(self) -> None:
-        for index, process in enumerate(self.processes):
-            if process.exitcode is not None:
-                raise RuntimeError(f"worker {index} of rank {self.rank} exited with code {process.exitcode}")
 
     def train_epoch(self, epoch: int, trainer) -> dict:
         if not self.processes:
             self.start_workers(trainer.data.train)
         lr = self.schedule.lr_at(self.node_steps.value)
         started = time.perf_counter()
+        self.watch.start_epoch()
         for commands in self.commands:
             commands.put(epoch)
         reports = {}
@@ -116,7 +116,7 @@ class LAPSGD(Sync):
             try:
                 index, *report = self.results.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                self.check_workers()
+                self.watch.check(self.processes, self.rank, idle=set(reports))
                 continue
             reports[index] = report
         self.average_when_due()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from dataloaders import TrainBatches
 from train.optimizers import build_optimizer
 from train.schedules import Schedule
+from train.sync.hogwild_watch import bind_to_rank
 
 
 @dataclass
@@ -32,6 +33,7 @@ class WorkerSpec:
     block: Optional[tuple] = None  # (start, stop) parameter indices of this worker's LPPSGD partition
     prepass_epochs: int = 0
     optimizer_state: Optional[dict] = None
+    rank_pid: int = 0  # the rank process: the worker dies with it
 
 
 def use_block(parameters: list, block: Optional[tuple]) -> None:
@@ -55,8 +57,10 @@ def hogwild_step(model, optimizer, inputs, targets, parameters, block) -> tuple:
     return loss.detach().double() * len(targets), (logits.detach().argmax(dim=1) == targets).sum()
 
 
-def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps) -> None:
+def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps,
+                worker_steps) -> None:
     """Process entry: run the epochs the coordinator asks for until it sends None."""
+    bind_to_rank(spec.rank_pid)
     os.environ["OMP_NUM_THREADS"] = str(spec.threads)
     torch.set_num_threads(spec.threads)
     parameters = list(model.parameters())
@@ -79,6 +83,7 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
             step_loss, step_correct = hogwild_step(model, optimizer, inputs, targets, parameters, block)
             with node_steps.get_lock():
                 node_steps.value += 1
+            worker_steps[index] += 1  # the rank's sign of life from this worker (hogwild_watch)
             loss_sum += step_loss
             correct += step_correct
             images += len(targets)
