@@ -41,7 +41,7 @@ class PreemptionWatch:
         if every_steps < 1:
             raise ValueError(f"every_steps must be at least 1, got {every_steps}")
         self.every_steps = every_steps
-        self.received: Optional[str] = None  # name of the first stop signal this process got
+        self.received: Optional[int] = None  # the first stop signal this process got
 
     def install(self) -> "PreemptionWatch":
         """Catch the stop signals (main thread only, as Python requires)."""
@@ -51,26 +51,27 @@ class PreemptionWatch:
 
     def on_signal(self, signum, frame) -> None:
         # Only a flag: the step in progress finishes, and the ranks decide together where to stop.
-        self.received = self.received or signal.Signals(signum).name
+        self.received = self.received or signum
 
     def due(self, step: int) -> bool:
         """Whether the ranks agree after optimizer step ``step`` (the same answer on every rank)."""
         return step % self.every_steps == 0
 
     def agreed(self, device: torch.device) -> bool:
-        """Collective: True on every rank when any rank got a stop signal.
+        """Collective: True on every rank when any rank got a stop signal (the highest one is kept, to name it).
 
         Control traffic, deliberately not counted in the communication meter: the meter measures
         what the training method costs, and a resumed run must count exactly what an uninterrupted one does.
         """
-        flag = torch.tensor([1 if self.received else 0], dtype=torch.int32, device=device)
+        flag = torch.tensor([self.received or 0], dtype=torch.int32, device=device)
         if is_distributed():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        self.agreed_signal = int(flag.item())
+        return self.agreed_signal != 0
 
     def stop(self, epoch: int, step: int) -> None:
         """Raise ``Preempted`` once every rank has written its checkpoint (a launcher that kills the
         other ranks when the first exits must not cut a file short)."""
         if is_distributed():
             dist.barrier()
-        raise Preempted(self.received or "a signal on another rank", epoch, step)
+        raise Preempted(signal.Signals(self.agreed_signal).name, epoch, step)
