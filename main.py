@@ -24,8 +24,10 @@ from models import apply_ghost_batch_norm, build_model
 from train.loop import LoopSettings, ReplicasDiffer, Trainer
 from train.sync.base import TrainingDiverged
 from train.optimizers import build_optimizer
+from train.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatch
 from train.schedules import Schedule, default_warmup_start, scaled_lr
 from train.sync import SYNC_TYPES, RunShape, build_sync
+from train.sync.hogwild_watch import WorkerFailed
 from utilities import distributed
 from utilities.checkpoint import CheckpointError, remove_orphan_temporaries
 from utilities.config import Config, ConfigError, parse_config
@@ -111,6 +113,7 @@ def train(config: Config) -> None:
         raise ConfigError("--amp is not available for LPPSGD/LAPSGD (their workers train in fp32); use --amp off")
     if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
         raise ConfigError("--workers-per-node is for --training-type LPPSGD or LAPSGD")
+    preemption = PreemptionWatch().install()  # before the slow start-up, so an early signal is not lost
     launch = distributed.detect_launch()
     device = distributed.pick_device(config.device, launch.local_rank)
     backend = distributed.pick_backend(config.backend, device)
@@ -163,6 +166,7 @@ def train(config: Config) -> None:
                             on_nan=config.on_nan, check_replicas=config.check_replicas, amp=config.amp)
     files = RunFiles(output_dir, enabled=is_main, tensorboard=config.tensorboard)
     trainer = Trainer(model, optimizer, scheduler, sync, data, files, settings, meter, device, launch.rank)
+    trainer.preemption = preemption
     trainer.identity = run_identity(config.to_dict(), launch.world_size)
     state = resume_state(config.resume, files.checkpoints, launch.rank, device)
     changes = {} if state is None else check_resume_settings(state.get("identity") or {}, trainer.identity,
@@ -188,9 +192,15 @@ def train(config: Config) -> None:
         print(f"{config.training_type} on {launch.world_size} rank(s) via {launch.launcher} ({backend}, {device}): "
               f"{config.model} on {config.dataset}, {epochs} epochs x {steps_per_epoch} steps, "
               f"global batch {config.batch_size * launch.world_size}, peak lr {peak_lr:.4g}"
-              + (f", resuming after epoch {trainer.progress.epoch}" if state is not None else ""), file=sys.stderr)
+              + (f", resuming after epoch {trainer.progress.epoch}" if state is not None else "")
+              + (f" step {trainer.progress.step} (mid-epoch)" if trainer.progress.epoch_partial else ""),
+              file=sys.stderr)
 
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except Preempted:
+        files.close()
+        raise
     if config.store_results and is_main:
         write_results(output_dir, trainer.progress.rows, config, launch.world_size)
     if summary is None:
@@ -230,6 +240,13 @@ def main(argv=None) -> int:
     except ReplicasDiffer as error:
         print(f"error: {error}", file=sys.stderr)
         return 4
+    except Preempted as stop:
+        if not distributed.is_distributed() or torch.distributed.get_rank() == 0:
+            print(str(stop), file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except WorkerFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (torch.distributed.DistError, RuntimeError) as error:
         if not distributed.is_distributed() or not distributed.is_communication_failure(error):
             raise  # a real bug, whose traceback is worth reading

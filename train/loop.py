@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dataloaders import Data, EvalBatches
+from train.preemption import PreemptionWatch
 from train.sync.base import Sync, TrainingDiverged
 from utilities.amp import MixedPrecision
 from utilities.checkpoint import save_checkpoint
@@ -53,6 +54,8 @@ class Progress:
     best_val_accuracy: float = 0.0
     skipped_steps: int = 0  # steps dropped for a non-finite loss (--on-nan skip)
     rows: list = field(default_factory=list)  # metrics.jsonl so far, restored exactly on resume
+    # Set only in a mid-epoch (preemption) checkpoint: steps done in epoch ``epoch`` and the tallies of its row.
+    epoch_partial: dict = field(default_factory=dict)
 
 
 def evaluate(model: torch.nn.Module, batches: EvalBatches, device: torch.device) -> tuple:
@@ -85,12 +88,14 @@ class Trainer:
         # --on-nan skip leaves a skipped step without trace, BatchNorm statistics included.
         buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.skip_restores = buffers if settings.on_nan == "skip" else []
+        self.preemption: PreemptionWatch = None  # set by main: stop all ranks together on SIGTERM/SIGUSR1
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
         return {
             "identity": self.identity,
-            "progress": {**vars(self.progress), "rows": list(self.progress.rows)},
+            "progress": {**vars(self.progress), "rows": list(self.progress.rows),
+                         "epoch_partial": dict(self.progress.epoch_partial)},
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -180,12 +185,15 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         self.train_model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        images = 0
+        # A run resumed from a mid-epoch checkpoint skips the epoch's first batches and keeps its tallies.
+        partial, self.progress.epoch_partial = self.progress.epoch_partial, {}
+        first_step, epoch_lr = partial.get("steps", 0), partial.get("lr", self.optimizer.param_groups[0]["lr"])
+        loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64, device=self.device)
+        correct = torch.tensor(partial.get("correct", 0), dtype=torch.int64, device=self.device)
+        images = partial.get("images", 0)
         steps = self.data.train.steps_per_epoch
-        started = time.perf_counter()
-        for index, (inputs, targets) in enumerate(self.data.train.epoch(epoch)):
+        started = time.perf_counter() - partial.get("seconds", 0.0)
+        for index, (inputs, targets) in enumerate(self.data.train.epoch(epoch, first_step), start=first_step):
             step_loss, step_correct = self.train_step(inputs, targets)
             loss_sum += step_loss
             correct += step_correct
@@ -197,6 +205,10 @@ class Trainer:
                       f"{rate:.0f} img/s", file=sys.stderr, flush=True)
             if self.finished_steps():
                 break
+            if self.preemption is not None and self.preemption.due(self.progress.step):
+                self.stop_if_preempted({"steps": index + 1, "lr": epoch_lr, "loss_sum": loss_sum.item(),
+                                        "correct": correct.item(), "images": images,
+                                        "seconds": time.perf_counter() - started})
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
@@ -229,7 +241,7 @@ class Trainer:
         first_epoch = self.progress.epoch
         for epoch in range(self.progress.epoch, self.settings.epochs):
             epoch_started = time.perf_counter()
-            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row = {"epoch": epoch + 1, "lr": self.progress.epoch_partial.get("lr", self.optimizer.param_groups[0]["lr"])}
             row.update(self.sync.train_epoch(epoch, self) or self.train_epoch(epoch))
             settling = time.perf_counter()
             self.sync.settle()  # waiting for a round still in flight is training time
@@ -252,10 +264,23 @@ class Trainer:
                             self.settings.keep_checkpoints, self.rank)
             if self.finished_steps():
                 break
+            if self.preemption is not None and epoch + 1 < self.settings.epochs:
+                self.stop_if_preempted()
             if self.settings.epochs_per_job and epoch + 1 - first_epoch >= self.settings.epochs_per_job \
                     and epoch + 1 < self.settings.epochs:
                 return None  # a later job continues with --resume auto; no final sync that would alter the state
         return self.finish()
+
+    def stop_if_preempted(self, epoch_partial: dict = None) -> None:
+        """If any rank got a stop signal (all ranks agree), write a checkpoint here and raise Preempted.
+        ``epoch_partial``: where we stand inside the current epoch; None at an epoch's end (just checkpointed)."""
+        if not self.preemption.agreed(self.device):
+            return
+        if epoch_partial is not None:
+            self.progress.epoch_partial = epoch_partial
+            save_checkpoint(self.checkpoint_state(), self.files.checkpoints, self.progress.epoch,
+                            self.settings.keep_checkpoints, self.rank, step=self.progress.step)
+        self.preemption.stop(self.progress.epoch, self.progress.step)
 
     def log_epoch(self, row: dict) -> None:
         self.progress.rows.append(row)

@@ -83,10 +83,12 @@ def atomic_torch_save(obj, path: str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def checkpoint_path(directory: str, epoch: int, rank: int = 0) -> str:
-    """Rank 0's checkpoint of ``epoch``, or another rank's own state beside it."""
+def checkpoint_path(directory: str, epoch: int, rank: int = 0, step: int = 0) -> str:
+    """Rank 0's checkpoint of ``epoch``, or another rank's own state beside it. A mid-epoch checkpoint
+    (preemption) also names its global ``step``; the names sort in training order."""
     suffix = "" if rank == 0 else f".rank-{rank}"
-    return os.path.join(directory, f"epoch-{epoch:05d}{suffix}.pt")
+    position = f".step-{step:09d}" if step else ""
+    return os.path.join(directory, f"epoch-{epoch:05d}{position}{suffix}.pt")
 
 
 def rank_path(path: str, rank: int) -> str:
@@ -94,12 +96,13 @@ def rank_path(path: str, rank: int) -> str:
     return path if rank == 0 else re.sub(r"\.pt$", f".rank-{rank}.pt", path)
 
 
-def save_checkpoint(state: dict, directory: str, epoch: int, keep: int = 0, rank: int = 0) -> str:
-    """Write ``state`` as ``rank``'s checkpoint of ``epoch``; keep that rank's newest ``keep`` (0 = all)."""
+def save_checkpoint(state: dict, directory: str, epoch: int, keep: int = 0, rank: int = 0, step: int = 0) -> str:
+    """Write ``state`` as ``rank``'s checkpoint of ``epoch`` (mid-epoch at ``step`` when given); keep that
+    rank's newest ``keep`` (0 = all)."""
     buffer = io.BytesIO()
     torch.save(plain_values(state), buffer)
     payload = buffer.getvalue()
-    path = checkpoint_path(directory, epoch, rank)
+    path = checkpoint_path(directory, epoch, rank, step)
     atomic_write_bytes(path, payload)
     atomic_write_bytes(path + ".sha256", hashlib.sha256(payload).hexdigest().encode())
     if keep > 0:
@@ -113,12 +116,18 @@ def save_checkpoint(state: dict, directory: str, epoch: int, keep: int = 0, rank
 def list_checkpoints(directory: str, rank: int = 0) -> list:
     """One rank's checkpoint files of a run, oldest first."""
     suffix = "" if rank == 0 else rf"\.rank-{rank}"
-    pattern = re.compile(rf"epoch-\d+{suffix}\.pt")
+    pattern = re.compile(rf"epoch-\d+(\.step-\d+)?{suffix}\.pt")
     return sorted(p for p in glob.glob(os.path.join(directory, "epoch-*.pt")) if pattern.fullmatch(os.path.basename(p)))
 
 
 def checkpoint_epoch(path: str) -> int:
     return int(re.search(r"epoch-(\d+)", os.path.basename(path)).group(1))
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step of a mid-epoch checkpoint; 0 for one written at an epoch's end."""
+    found = re.search(r"\.step-(\d+)", os.path.basename(path))
+    return int(found.group(1)) if found else 0
 
 
 def load_checkpoint(path: str, device="cpu") -> dict:

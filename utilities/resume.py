@@ -18,7 +18,7 @@ import torch.distributed as dist
 from utilities.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, rank_path
 from utilities.distributed import is_distributed
 
-CHECKPOINT_NAME = re.compile(r"epoch-(\d+)(\.rank-\d+)?\.pt")
+CHECKPOINT_NAME = re.compile(r"epoch-(\d+)(?:\.step-(\d+))?(\.rank-\d+)?\.pt")
 
 
 def gather(value) -> list:
@@ -30,10 +30,17 @@ def gather(value) -> list:
     return values
 
 
-def epochs_on_disk(directory: str) -> set:
-    """Epochs for which any rank's checkpoint file exists (stray and foreign files included)."""
+def positions_on_disk(directory: str) -> set:
+    """(epoch, step) of every checkpoint any rank has on disk (stray and foreign files included); step is 0
+    at an epoch's end and the global step of a mid-epoch (preemption) checkpoint."""
     names = (os.path.basename(p) for p in glob.glob(os.path.join(directory, "epoch-*.pt")))
-    return {int(match.group(1)) for name in names if (match := CHECKPOINT_NAME.fullmatch(name))}
+    return {(int(match.group(1)), int(match.group(2) or 0)) for name in names
+            if (match := CHECKPOINT_NAME.fullmatch(name))}
+
+
+def describe(position: tuple) -> str:
+    epoch, step = position
+    return f"epoch {epoch}" + (f" step {step}" if step else "")
 
 
 def try_load(path: str, device):
@@ -53,10 +60,10 @@ def saved_world_size(state):
 def newest_complete_state(directory: str, rank: int, device):
     """This rank's state of the newest epoch every rank can resume from, or None for a fresh start.
     Skipped epochs are reported in one warning line (rank 0)."""
-    candidates = sorted(set().union(*gather(sorted(epochs_on_disk(directory)))), reverse=True)
+    candidates = sorted(set().union(*gather(sorted(positions_on_disk(directory)))), reverse=True)
     skipped = []
-    for epoch in candidates:
-        state, problem = try_load(checkpoint_path(directory, epoch, rank), device)
+    for position in candidates:
+        state, problem = try_load(checkpoint_path(directory, position[0], rank, step=position[1]), device)
         found = gather((problem, saved_world_size(state)))
         if found[0][1] not in (None, len(found)):  # fewer or more ranks: no older set would fit either
             raise CheckpointError(f"the checkpoints in {directory} are from a run on {found[0][1]} rank(s); resume "
@@ -64,11 +71,11 @@ def newest_complete_state(directory: str, rank: int, device):
         problems = [f"rank {r}: {p}" for r, (p, _) in enumerate(found) if p is not None]
         if not problems:
             break
-        skipped.append(f"epoch {epoch} ({'; '.join(problems)})")
+        skipped.append(f"{describe(position)} ({'; '.join(problems)})")
     else:
         state = None
     if skipped and rank == 0:
-        target = f"resuming from epoch {epoch}" if state is not None else "none is complete; starting afresh"
+        target = f"resuming from {describe(position)}" if state is not None else "none is complete; starting afresh"
         print(f"warning: skipped incomplete or unusable checkpoints: {', '.join(skipped)}; {target}",
               file=sys.stderr, flush=True)
     return state

@@ -92,7 +92,21 @@ class Averager:
             self.error.zero_()
 
     def state_dict(self) -> dict:
-        return {"reference": self.reference, "error": self.error}
+        state = {"reference": self.reference, "error": self.error}
+        if self.pending is not None:  # a mid-epoch checkpoint with an overlapped round in flight
+            snapshot, message, work = self.pending
+            work.wait()  # the transfer ends now; the round stays open and completes after the resume as it would have
+            state["pending"] = {"snapshot": snapshot, "message": message}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.reference, self.error = state["reference"], state["error"]
+        pending = state.get("pending")
+        self.pending = None if pending is None else (pending["snapshot"], pending["message"], _FinishedWork())
+
+
+class _FinishedWork:
+    """Stands for the all-reduce of a round restored from a checkpoint: its result is already in the message."""
+
+    def wait(self) -> bool:
+        return True

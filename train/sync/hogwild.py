@@ -17,6 +17,7 @@ process talks to the process group, so collectives never come from two threads a
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import time
 
@@ -26,6 +27,7 @@ import torch.multiprocessing as mp
 
 from dataloaders import TrainBatches
 from train.sync.base import RunShape, Sync
+from train.sync.hogwild_watch import WorkerWatch
 from train.sync.hogwild_worker import WorkerSpec, worker_main
 from train.sync.partition import balanced_blocks
 from train.sync.plsgd import broadcast_from_rank0
@@ -40,7 +42,7 @@ class LAPSGD(Sync):
 
     def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
                  schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None,
-                 pre_post_epochs: int = 0, max_steps: int = 0):
+                 pre_post_epochs: int = 0, max_steps: int = 0, timeout: float = 300.0):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
@@ -60,6 +62,7 @@ class LAPSGD(Sync):
         self.identical_at = 0
         self.steps_during_rounds = 0  # node steps the workers took while a round was in flight
         self.processes, self.worker_states = [], {}
+        self.watch = WorkerWatch(self.context, workers, timeout)  # a stuck worker fails its rank within timeout s
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
@@ -68,7 +71,7 @@ class LAPSGD(Sync):
                   "exclude_bias_and_norm": config.lars_exclude_bias_norm}
         return cls(meter, config.local_steps, config.workers_per_node, config.optimizer, kwargs, shape.schedule,
                    config.prepass_epochs, config.average_buffers, pre_post_epochs=max(config.switch_epoch, 0),
-                   max_steps=shape.max_steps)
+                   max_steps=shape.max_steps, timeout=config.timeout)
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -91,19 +94,14 @@ class LAPSGD(Sync):
             # Worker w of rank r reads shard r*P + w of W*P: the node's shard, split P ways.
             data = train.resharded(self.rank * self.workers + index, self.world_size * self.workers)
             spec = WorkerSpec(self.optimizer_name, self.optimizer_kwargs, self.schedule, threads, block,
-                              self.prepass_epochs, self.worker_states.get(index), self.max_steps)
+                              self.prepass_epochs, self.worker_states.get(index), self.max_steps, os.getpid())
             process = self.context.Process(target=worker_main, daemon=True, name=f"hogwild-{self.rank}-{index}",
                                            args=(index, spec, self.model, data, self.commands[index], self.results,
-                                                 self.node_steps))
+                                                 self.node_steps, self.watch.steps))
             process.start()
             self.processes.append(process)
         for _ in self.processes:  # start-up (imports) is not training time
             self.results.get(timeout=300)
-
-    def check_workers(self) -> None:
-        for index, process in enumerate(self.processes):
-            if process.exitcode is not None:
-                raise RuntimeError(f"worker {index} of rank {self.rank} exited with code {process.exitcode}")
 
     def train_epoch(self, epoch: int, trainer) -> dict:
         if not self.processes:
@@ -112,6 +110,7 @@ class LAPSGD(Sync):
         steps_during_rounds_before = self.steps_during_rounds
         self.interval = 1 if epoch < self.pre_post_epochs else self.local_steps
         started = time.perf_counter()
+        self.watch.start_epoch()
         for commands in self.commands:
             commands.put(epoch)
         reports = {}
@@ -120,7 +119,7 @@ class LAPSGD(Sync):
             try:
                 index, *report = self.results.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                self.check_workers()
+                self.watch.check(self.processes, self.rank, idle=set(reports))
                 continue
             reports[index] = report
         self.average_when_due(workers_idle=True)

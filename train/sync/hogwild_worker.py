@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from dataloaders import TrainBatches
 from train.optimizers import build_optimizer
 from train.schedules import Schedule
+from train.sync.hogwild_watch import bind_to_rank
 
 
 @dataclass
@@ -31,6 +32,7 @@ class WorkerSpec:
     prepass_epochs: int = 0
     optimizer_state: Optional[dict] = None
     max_steps: int = 0  # the node stops after this many steps (0 = no limit)
+    rank_pid: int = 0  # the rank process: the worker dies with it
 
 
 def use_block(parameters: list, block: Optional[tuple]) -> None:
@@ -77,8 +79,10 @@ def host_copy(state):
     return state
 
 
-def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps) -> None:
+def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps,
+                worker_steps) -> None:
     """Process entry: run the epochs the coordinator asks for until it sends None."""
+    bind_to_rank(spec.rank_pid)
     os.environ["OMP_NUM_THREADS"] = str(spec.threads)
     torch.set_num_threads(spec.threads)
     parameters = list(model.parameters())
@@ -89,9 +93,10 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
     results.put(("ready", index))
     while (epoch := commands.get()) is not None:
         partitioned = spec.block is not None and epoch >= spec.prepass_epochs
-        # On the data's device: a CPU total cannot take a GPU step's loss in place.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=train.images.device)
-        correct = torch.zeros((), dtype=torch.int64, device=train.images.device)
+        # On the model's device: a CPU total cannot take a GPU step's loss in place.
+        device = parameters[0].device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         images = 0
         for step, (inputs, targets) in enumerate(train.epoch(epoch)):
             if not take_step(node_steps, spec.max_steps):
@@ -102,6 +107,7 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
             # After the prepass, partitioned steps alternate with full steps (LPP-SGD).
             block = spec.block if partitioned and step % 2 == 0 else None
             step_loss, step_correct = hogwild_step(model, optimizer, inputs, targets, parameters, block)
+            worker_steps[index] += 1  # the rank's sign of life from this worker (hogwild_watch)
             loss_sum += step_loss
             correct += step_correct
             images += len(targets)
