@@ -104,7 +104,7 @@ class EASGD(Sync):
         self.state.scatter(self.center)
 
     def state_dict(self) -> dict:
-        return {"steps_since_sync": self.steps_since_sync, "center": self.center.clone(), "alpha": self.alpha}
+        return {"steps_since_sync": self.steps_since_sync, "center": self.center.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps_since_sync = state["steps_since_sync"]
