@@ -65,6 +65,7 @@ NON_DEFAULT = {
     "slow_lr": 0.5,
     "outer_lr": 0.3,
     "outer_momentum": 0.8,
+    "elastic_alpha": 0.3,
     "adaptive_rule": "trend",
     "adaptive_thresholds": [0.1, 0.01, 0.001],
     "min_local_steps": 2,

@@ -28,6 +28,7 @@ TYPES = {
     "SlowMo": ["--local-steps", "3", "--slow-momentum", "0.5"],
     "DiLoCo": ["--local-steps", "3"],
     "AdaptiveJ": ["--local-steps", "3", "--min-local-steps", "1", "--overlap-steps", "2"],
+    "EASGD": ["--local-steps", "3"],
     "TorchPeriodicAverager": ["--local-steps", "3", "--momentum-sync", "average"],
     "LAPSGD": ["--local-steps", "3", "--workers-per-node", "2"],
     "LPPSGD": ["--local-steps", "3", "--workers-per-node", "2"],

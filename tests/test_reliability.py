@@ -28,6 +28,7 @@ def without_timings(rows):
     ("PLSGD", ["--local-steps", "5"]),  # 19 steps per epoch: the checkpoint falls mid-period
     ("SlowMo", ["--local-steps", "5", "--slow-momentum", "0.6"]),
     ("AdaptiveJ", ["--local-steps", "4", "--min-local-steps", "2"]),
+    ("EASGD", ["--local-steps", "5"]),  # the center variable must come back from the checkpoint
 ])
 def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, training_type, extra):
     args = [*SMALL, "--training-type", training_type, *extra, "--epochs", "3"]

@@ -20,7 +20,7 @@ from models import MODEL_NAMES
 from utilities import config_aliases, config_checks
 
 TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD",
-                  "TorchPeriodicAverager")
+                  "TorchPeriodicAverager", "EASGD")
 DATASETS = ("cifar10", "cifar100", "mnist", "synthetic", "npy", "imagenet")
 MODELS = MODEL_NAMES
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
@@ -95,6 +95,7 @@ class Config:
     slow_lr: float = _field(1.0, "SlowMo alpha")
     outer_lr: float = _field(0.7, "DiLoCo outer Nesterov learning rate")
     outer_momentum: float = _field(0.9, "DiLoCo outer Nesterov momentum")
+    elastic_alpha: float = _field(0.0, "EASGD moving rate alpha, in (0, 1/ranks] (0 = 0.9 / ranks, the paper's p*alpha = 0.9)")
     adaptive_rule: str = _field("threshold", "AdaptiveJ rule", ("threshold", "trend"))
     adaptive_thresholds: list = _field([0.02, 0.005, 0.001], "AdaptiveJ: relative val-loss change thresholds early, middle, late")
     min_local_steps: int = _field(4, "AdaptiveJ lower bound on J")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from train.sync.adaptive import AdaptiveJ
 from train.sync.base import RunShape, Sync
+from train.sync.easgd import EASGD
 from train.sync.hogwild import LAPSGD, LPPSGD
 from train.sync.mbsgd import MBSGD
 from train.sync.plsgd import PLSGD, PostLocalSGD
@@ -18,6 +19,7 @@ SYNC_TYPES = {
     "SlowMo": SlowMo,
     "DiLoCo": DiLoCo,
     "AdaptiveJ": AdaptiveJ,
+    "EASGD": EASGD,
     "LAPSGD": LAPSGD,
     "LPPSGD": LPPSGD,
     "TorchPeriodicAverager": TorchPeriodicAverager,  # baseline: torch.distributed's PeriodicModelAverager
