@@ -11,13 +11,14 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from dataloaders import Data, EvalBatches
+from dataloaders import Data
+from train.evaluation import evaluate
 from train.preemption import PreemptionWatch
+from train.run_state import LoopSettings, Progress
 from train.sync.base import Sync, TrainingDiverged
 from utilities.amp import MixedPrecision
 from utilities.checkpoint import save_checkpoint
@@ -27,51 +28,6 @@ from utilities.run_files import RunFiles
 
 class ReplicasDiffer(RuntimeError):
     """--check-replicas found ranks holding different models right after a sync."""
-
-
-@dataclass
-class LoopSettings:
-    epochs: int
-    max_steps: int = 0  # 0 = no limit
-    micro_batches: int = 1
-    eval_every: int = 1
-    log_every: int = 50
-    keep_checkpoints: int = 0  # 0 = keep all
-    epochs_per_job: int = 0  # stop (checkpointed, resumable) after this many epochs; 0 = run to the end
-    on_nan: str = "stop"  # stop, or skip the step
-    check_replicas: bool = False
-    amp: str = "off"  # mixed precision of the forward pass and loss: off, bf16 or fp16 (utilities.amp)
-
-
-@dataclass
-class Progress:
-    """Where the run stands; saved in every checkpoint."""
-
-    epoch: int = 0  # next epoch to run
-    step: int = 0  # optimizer steps taken
-    wall_seconds: float = 0.0
-    train_seconds: float = 0.0
-    best_val_accuracy: float = 0.0
-    skipped_steps: int = 0  # steps dropped for a non-finite loss (--on-nan skip)
-    rows: list = field(default_factory=list)  # metrics.jsonl so far, restored exactly on resume
-    # Set only in a mid-epoch (preemption) checkpoint: steps done in epoch ``epoch`` and the tallies of its row.
-    epoch_partial: dict = field(default_factory=dict)
-
-
-def evaluate(model: torch.nn.Module, batches: EvalBatches, device: torch.device) -> tuple:
-    """(mean loss, accuracy) over the whole split; each rank covers its slice, sums are reduced."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.no_grad():
-        for inputs, targets in batches:
-            logits = model(inputs)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == targets).sum()
-    model.train(was_training)
-    total_loss, total_correct = all_reduce_sum([loss_sum.item(), correct.item()], device)
-    return total_loss / batches.total, total_correct / batches.total
 
 
 class Trainer:
