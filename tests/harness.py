@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,3 +108,9 @@ def train_steps(sync, model, optimizer, rank: int, steps: int, record=None):
         sync.after_step(step)
         if record is not None:
             record.append(replicas_identical(model))
+
+
+def find_mpiexec():
+    """The mpiexec next to this interpreter (the venv's MPICH) first, so it matches mpi4py."""
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    return str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
