@@ -62,5 +62,6 @@ def starts_processes(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if starts_processes(item) or SLOW_BY_NAME & {getattr(item, "originalname", ""), *item.fixturenames}:
+        names = {getattr(item, "originalname", item.name), *getattr(item, "fixturenames", ())}
+        if starts_processes(item) or SLOW_BY_NAME & names:
             item.add_marker(pytest.mark.slow)
