@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
+
+from utilities.distributed import replicas_identical
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -83,3 +87,30 @@ def spawn_ranks(function, world_size: int, *args) -> list:
         mp.spawn(_rank_entry, args=(world_size, os.path.join(folder, "rendezvous"), function, args, results),
                  nprocs=world_size, join=True)
         return [results[rank] for rank in range(world_size)]
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def train_steps(sync, model, optimizer, rank: int, steps: int, record=None):
+    """Run ``steps`` optimizer steps on rank-specific random data, calling the sync hooks like the loop does."""
+    generator = torch.Generator().manual_seed(1000 + rank)
+    trained = sync.prepare(model, optimizer)
+    for step in range(steps):
+        inputs = torch.randn(16, 4, generator=generator)
+        targets = torch.randint(0, 3, (16,), generator=generator)
+        nn.functional.cross_entropy(trained(inputs), targets).backward()
+        sync.before_step(step)
+        optimizer.step()
+        optimizer.zero_grad()
+        sync.after_step(step)
+        if record is not None:
+            record.append(replicas_identical(model))
+
+
+def find_mpiexec():
+    """The mpiexec next to this interpreter (the venv's MPICH) first, so it matches mpi4py."""
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    return str(beside_python) if beside_python.exists() else shutil.which("mpiexec")

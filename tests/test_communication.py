@@ -4,8 +4,7 @@ hierarchical averaging, and compressed MBSGD gradients, on real Gloo ranks."""
 import torch
 import torch.distributed as dist
 
-from tests.harness import LEARN_ARGS, check_ok, run_main, spawn_ranks, summary
-from tests.test_sync_ranks import tiny_model, train_steps
+from tests.harness import LEARN_ARGS, check_ok, run_main, spawn_ranks, summary, tiny_model, train_steps
 from train.sync.plsgd import PLSGD
 from utilities.distributed import CommMeter
 

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from utilities.config import FIELDS, Config, ConfigError, parse_config
+from tests.support import config_error, write_yaml
+from utilities.config import FIELDS, Config, parse_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,20 +113,6 @@ def cli_args(name, value):
     if isinstance(value, list):
         return [flag(name), *map(str, value)]
     return [flag(name), str(value)]
-
-
-def write_yaml(tmp_path, settings, name="run.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(settings) if isinstance(settings, dict) else settings)
-    return str(path)
-
-
-def config_error(argv):
-    with pytest.raises(ConfigError) as caught:
-        parse_config(argv)
-    message = str(caught.value)
-    assert "\n" not in message, f"a ConfigError must be one line, got {message!r}"
-    return message
 
 
 # ----------------------------------------------------------------------------- defaults

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.test_config import config_error, write_yaml
+from tests.support import config_error, write_yaml
 from utilities import config_aliases
 from utilities.config import FIELDS, Config, ConfigError, parse_config
 

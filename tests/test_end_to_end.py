@@ -89,15 +89,6 @@ def test_every_local_method_learns_and_counts_its_rounds(tmp_path, training_type
         assert all("local_steps" in row for row in metrics(tmp_path))
 
 
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
-    result = run_main(["--dataset", "mnist", "--no-download", "--data-dir", str(tmp_path / "empty"),
-                       "--output-dir", str(tmp_path / "run")])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: mnist not found"), result.stderr
-    assert "--data-dir" in lines[0]
-
-
 def test_a_folder_holding_a_run_is_refused_and_resume_continues_it(tmp_path):
     args = [*TINY, "--output-dir", str(tmp_path)]
     check_ok(run_main(args))

@@ -5,34 +5,8 @@ import math
 import pytest
 import torch
 
+from tests.support import EIGENVALUES, quadratic, seeded, symmetric_matrix
 from utilities.hessian import hutchinson_trace, power_iteration, top_eigenvalue
-
-EIGENVALUES = torch.tensor([5.0, 2.0, 1.0, -0.5], dtype=torch.float64)  # trace 7.5
-
-
-def symmetric_matrix(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Q diag(eigenvalues) Q^T with a seeded random orthogonal Q."""
-    generator = torch.Generator().manual_seed(seed)
-    basis, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=generator,
-                                           dtype=torch.float64))
-    return basis @ torch.diag(eigenvalues) @ basis.T
-
-
-def quadratic(matrix: torch.Tensor, pieces: tuple = (4,)):
-    """(loss_fn, params): x = concat(params), loss = 0.5 x^T A x, x at a seeded random point."""
-    point = torch.randn(matrix.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    params = [piece.clone().requires_grad_() for piece in torch.split(point, list(pieces))]
-
-    def loss_fn():
-        x = torch.cat([p.reshape(-1) for p in params])
-        return 0.5 * x @ matrix @ x
-
-    return loss_fn, params
-
-
-def seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
 
 @pytest.mark.parametrize("pieces", [(4,), (1, 3), (2, 2)])
 def test_power_iteration_finds_the_top_eigenvalue(pieces):

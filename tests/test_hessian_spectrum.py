@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.test_hessian import EIGENVALUES, quadratic, seeded, symmetric_matrix
+from tests.support import EIGENVALUES, quadratic, seeded, symmetric_matrix
 from utilities.hessian_spectrum import (density_grid, density_on_grid, plot_density, spectral_density_nodes,
                                         top_eigenvalues)
 

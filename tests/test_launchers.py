@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import find_mpiexec
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "samplescripts"
 TIMEOUT_S = 300  # per launch; a hung rendezvous must fail the test, not the CI job
@@ -94,12 +96,6 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def find_mpiexec():
-    """The mpiexec next to this interpreter (the venv's MPICH) first, so it matches mpi4py."""
-    beside_python = Path(sys.executable).parent / "mpiexec"
-    return str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
 
 
 def test_mpiexec_two_ranks(tmp_path):

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.harness import REPO, SHARED_DATA, check_ok, child_env, free_port, metrics, summary
-from tests.test_launchers import find_mpiexec
+from tests.harness import REPO, SHARED_DATA, check_ok, child_env, find_mpiexec, free_port, metrics, summary
 from utilities import config_aliases, lppsgd_results
 from utilities.config import DATASETS, MODELS, build_parser, parse_config
 

@@ -2,34 +2,12 @@
 
 import pytest
 import torch
-from torch import nn
 
-from tests.harness import spawn_ranks
+from tests.harness import spawn_ranks, tiny_model, train_steps
 from train.sync.adaptive import AdaptiveJ, LocalStepsController
 from train.sync.plsgd import PLSGD
 from train.sync.slowmo import DiLoCo, SlowMo
 from utilities.distributed import CommMeter, replicas_identical
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def train_steps(sync, model, optimizer, rank: int, steps: int, record=None):
-    """Run ``steps`` optimizer steps on rank-specific random data, calling the sync hooks like the loop does."""
-    generator = torch.Generator().manual_seed(1000 + rank)
-    trained = sync.prepare(model, optimizer)
-    for step in range(steps):
-        inputs = torch.randn(16, 4, generator=generator)
-        targets = torch.randint(0, 3, (16,), generator=generator)
-        nn.functional.cross_entropy(trained(inputs), targets).backward()
-        sync.before_step(step)
-        optimizer.step()
-        optimizer.zero_grad()
-        sync.after_step(step)
-        if record is not None:
-            record.append(replicas_identical(model))
 
 
 def _plsgd_agreement(rank, world_size, local_steps, steps):
