@@ -13,13 +13,14 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from tools.launch import child_environment, main_command
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
@@ -42,28 +43,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, script: str) -> None:
     parser.add_argument("--runs-dir", default=f"bench_runs/{script}", help="one sub-folder per run")
     parser.add_argument("--rerun", action="store_true", help="run again even where a finished run exists")
     parser.add_argument("--out", help="also write the Markdown output to this file")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch_command(ranks: int, args: list) -> list:
-    """``python main.py`` for one rank, torchrun (run as ``python -m torch.distributed.run``) for more."""
-    if ranks == 1:
-        return [sys.executable, str(REPO / "main.py"), *args]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
-            f"--master_port={free_port()}", str(REPO / "main.py"), *args]
-
-
-def child_environment() -> dict:
-    environment = dict(os.environ, PYTHONUNBUFFERED="1")
-    environment.setdefault("OMP_NUM_THREADS", "1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        environment.pop(name, None)  # a benchmark started under a launcher must not leak its rank into the runs
-    return environment
 
 
 def finished(run_dir: Path, ranks: int, args: list) -> bool:
@@ -110,7 +89,7 @@ def failure_reason(tail: str) -> str:
 
 def launch(run_dir: Path, ranks: int, args: list) -> tuple:
     """One launch with the output in the run folder's log; returns the exit code and the log's last lines."""
-    command = launch_command(ranks, [*args, "--output-dir", str(run_dir), "--overwrite"])
+    command = main_command(ranks, [*args, "--output-dir", str(run_dir), "--overwrite"])
     with open(run_dir / LOG_FILE, "w") as log:
         log.write(shlex.join(command) + "\n")
         log.flush()

@@ -17,7 +17,7 @@ import pytest
 # Names whose use starts processes: the harness launchers, and the standard libraries behind them.
 PROCESS_STARTERS = frozenset({"run_main", "spawn_ranks", "run_ranks", "subprocess", "multiprocessing", "mp"})
 # Marked by hand (tests, or fixtures they take): in-process runs of a command-line tool, and the largest
-# models, each several seconds of computation; the sweep fixture launches main.py through utilities.sweep.
+# models, each several seconds of computation; the sweep fixture launches main.py through tools.sweep.
 SLOW_BY_NAME = frozenset({
     "smoke_runs",  # tests/test_sweep_report.py: the smoke sweep, four main.py runs
     "test_command_line_writes_top_k_and_the_density_plot",  # tests/test_hessian_spectrum.py

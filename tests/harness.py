@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from tools.launch import child_environment, free_port, main_command  # noqa: F401 (free_port: for tests)
 from utilities.distributed import replicas_identical
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,27 +26,14 @@ TINY = ["--dataset", "synthetic", "--synthetic-size", "2000", "--model", "lenet5
         "--epochs", "1", "--log-every", "1000"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def child_env() -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
+    return child_environment(OMP_NUM_THREADS="1")
 
 
 def run_main(args: list, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run main.py in one process, or under torchrun with ``nproc`` ranks on this host."""
-    if nproc == 1:
-        command = [sys.executable, str(REPO / "main.py"), *args]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={free_port()}", str(REPO / "main.py"), *args]
-    return subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(main_command(nproc, args), cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def check_ok(result: subprocess.CompletedProcess) -> None:

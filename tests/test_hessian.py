@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.support import EIGENVALUES, quadratic, seeded, symmetric_matrix
-from utilities.hessian import hutchinson_trace, power_iteration, top_eigenvalue
+from tools.hessian import hutchinson_trace, power_iteration, top_eigenvalue
 
 @pytest.mark.parametrize("pieces", [(4,), (1, 3), (2, 2)])
 def test_power_iteration_finds_the_top_eigenvalue(pieces):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.support import EIGENVALUES, quadratic, seeded, symmetric_matrix
-from utilities.hessian_spectrum import (density_grid, density_on_grid, plot_density, spectral_density_nodes,
+from tools.hessian_spectrum import (density_grid, density_on_grid, plot_density, spectral_density_nodes,
                                         top_eigenvalues)
 
 
@@ -93,7 +93,7 @@ def test_command_line_writes_top_k_and_the_density_plot(tmp_path, capsys):
     import yaml
 
     from models import build_model
-    from utilities import hessian
+    from tools import hessian
     from utilities.config import Config
 
     config = Config(dataset="synthetic", synthetic_size=300, model="lenet5")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utilities import hessian, report, sweep
+from tools import hessian, report, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke_sweep.yaml")
@@ -83,7 +83,7 @@ def test_bad_sweep_files_fail_with_one_line_and_code_2(tmp_path, capsys, text, m
 
 def test_unknown_setting_from_the_command_line(tmp_path):
     path = write_sweep(tmp_path, "name: bad\ngrid: {training_typ: [MBSGD]}\n")
-    result = subprocess.run([sys.executable, "-m", "utilities.sweep", path], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "tools.sweep", path], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]

@@ -1,7 +1,7 @@
 """A Markdown table and accuracy plots of finished runs, read from the files every run writes.
 
-    python -m utilities.report runs/sweeps/local_methods --out reports/local_methods
-    python -m utilities.report runs/MBSGD-cifar100-lenet5w runs/PLSGD-cifar100-lenet5w --out reports/compare
+    python -m tools.report runs/sweeps/local_methods --out reports/local_methods
+    python -m tools.report runs/MBSGD-cifar100-lenet5w runs/PLSGD-cifar100-lenet5w --out reports/compare
 
 Every folder under the given paths that holds summary.json is a run (config.yaml and
 metrics.jsonl are read next to it). Writes ``report.md`` (one table row per run, sorted by
@@ -169,7 +169,7 @@ def write_report(runs: list, out: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utilities.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run folders or folders holding runs (searched recursively)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where report.md and the plots go")
     args = parser.parse_args(argv)

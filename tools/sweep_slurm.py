@@ -23,7 +23,7 @@ def slurm_array_script(runs: list, sweep, sweep_file: str) -> str:
                if len({run.ranks for run in runs}) > 1 else "")
     return f"""#!/usr/bin/env bash
 # Sweep {sweep.name}: {len(runs)} runs, one SLURM array task each. Written by
-#   python -m utilities.sweep {sweep_file} --slurm-array ...
+#   python -m tools.sweep {sweep_file} --slurm-array ...
 # Submit from {os.getcwd()} (the paths below are relative to it):
 #   sbatch THIS_FILE            or e.g.  sbatch --partition=gpu --account=myproj --array=0-{len(runs) - 1}%4 THIS_FILE
 # One rank per node and GPU, as samplescripts/slurmrun.sh; site specifics (partition, account, QOS)

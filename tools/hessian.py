@@ -1,7 +1,7 @@
 """Sharpness of a trained model: the top Hessian eigenvalue and the Hessian trace of its training loss.
 
-    python -m utilities.hessian runs/PLSGD-cifar100-lenet5w --samples 1000 --iterations 20 --hutchinson 50
-    python -m utilities.hessian runs/PLSGD-cifar100-lenet5w --top-k 5 --density --lanczos-steps 90
+    python -m tools.hessian runs/PLSGD-cifar100-lenet5w --samples 1000 --iterations 20 --hutchinson 50
+    python -m tools.hessian runs/PLSGD-cifar100-lenet5w --top-k 5 --density --lanczos-steps 90
 
 Reads the run's config.yaml and model.pt, rebuilds its data set as main.py does, takes a fixed
 seeded subset of the training split (no augmentation) and estimates, for the mean cross-entropy
@@ -11,7 +11,7 @@ on that subset,
   * the trace by Hutchinson's estimator, E[z^T H z] = tr H for Rademacher z (Hutchinson 1990).
 Prints both and writes ``<run dir>/hessian.json``. ``--top-k K`` adds the K eigenvalues of largest
 magnitude and ``--density`` the eigenvalue spectral density by stochastic Lanczos quadrature, plotted
-in ``<run dir>/hessian_density.png`` (both in utilities.hessian_spectrum).
+in ``<run dir>/hessian_density.png`` (both in tools.hessian_spectrum).
 
 The model is evaluated in eval mode: BatchNorm then uses its running statistics, so the loss is a
 fixed function of the parameters, the one the run's test accuracy was measured with. In train
@@ -132,7 +132,7 @@ def trained_model(config: Config, run_dir: str, data) -> torch.nn.Module:
 
 
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(prog="python -m utilities.hessian", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.hessian", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run: config.yaml and model.pt")
     parser.add_argument("--samples", type=int, default=1000, help="training images the loss is averaged over")
     parser.add_argument("--iterations", type=int, default=20, help="most power iterations")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     result = {"top_eigenvalue": eigenvalue, "trace": trace, "samples": len(labels), "iterations": used,
               "hutchinson": args.hutchinson, "seed": args.seed, "loss": loss}
     if args.top_k > 1 or args.density:
-        from utilities.hessian_spectrum import spectrum_results  # it imports this module
+        from tools.hessian_spectrum import spectrum_results  # it imports this module
 
         result.update(spectrum_results(loss_fn, params, args, os.path.join(args.run_dir, "hessian_density.png")))
     with open(os.path.join(args.run_dir, "hessian.json"), "w") as handle:

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from utilities.hessian import LossFunction, hessian_vector_products
+from tools.hessian import LossFunction, hessian_vector_products
 
 
 def _flat_products(loss_fn: LossFunction, params: list):
@@ -153,7 +153,7 @@ def plot_density(grid: torch.Tensor, density: torch.Tensor, path: str, title: st
 
 
 def spectrum_results(loss_fn: LossFunction, params: list, args, plot_path: str) -> dict:
-    """The ``python -m utilities.hessian`` additions: top-k eigenvalues and the plotted density."""
+    """The ``python -m tools.hessian`` additions: top-k eigenvalues and the plotted density."""
     result = {}
     if args.top_k > 1:
         result["top_eigenvalues"] = top_eigenvalues(loss_fn, params, args.top_k, args.iterations, args.tolerance,
