@@ -104,15 +104,16 @@ def clear_run(output_dir: str) -> None:
 
 
 def train(config: Config) -> None:
+    worker_types = "/".join(name for name, sync_class in SYNC_TYPES.items() if sync_class.trains_in_workers)
     if config.training_type not in SYNC_TYPES:
         raise ConfigError(f"--training-type {config.training_type} is not available; choose one of: "
                           f"{', '.join(SYNC_TYPES)}")
-    if config.dirichlet_alpha and config.training_type in ("LPPSGD", "LAPSGD"):
-        raise ConfigError("--dirichlet-alpha (non-iid shards) is not available for LPPSGD/LAPSGD; use iid shards")
-    if config.amp != "off" and config.training_type in ("LPPSGD", "LAPSGD"):
-        raise ConfigError("--amp is not available for LPPSGD/LAPSGD (their workers train in fp32); use --amp off")
-    if config.workers_per_node > 1 and config.training_type not in ("LPPSGD", "LAPSGD"):
-        raise ConfigError("--workers-per-node is for --training-type LPPSGD or LAPSGD")
+    if config.dirichlet_alpha and SYNC_TYPES[config.training_type].trains_in_workers:
+        raise ConfigError(f"--dirichlet-alpha (non-iid shards) is not available for {worker_types}; use iid shards")
+    if config.amp != "off" and SYNC_TYPES[config.training_type].trains_in_workers:
+        raise ConfigError(f"--amp is not available for {worker_types} (their workers train in fp32); use --amp off")
+    if config.workers_per_node > 1 and not SYNC_TYPES[config.training_type].trains_in_workers:
+        raise ConfigError(f"--workers-per-node is for --training-type {worker_types.replace('/', ' or ')}")
     preemption = PreemptionWatch().install()  # before the slow start-up, so an early signal is not lost
     launch = distributed.detect_launch()
     device = distributed.pick_device(config.device, launch.local_rank)

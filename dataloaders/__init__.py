@@ -9,8 +9,10 @@ import torch
 from dataloaders.imagenet import FolderEvalBatches, FolderTrainBatches, imagenet_splits
 from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indices, to_device  # noqa: F401
 from dataloaders.partition import dirichlet_shards
-from dataloaders.sources import DataError, RawData, load_raw  # noqa: F401
+from dataloaders.sources import IN_MEMORY_SOURCES, DataError, RawData, load_raw  # noqa: F401
 from dataloaders.validate import check_shards
+
+DATASET_NAMES = (*IN_MEMORY_SOURCES, "imagenet")  # imagenet: decoded from image folders, see build_imagenet
 
 
 @dataclass

@@ -145,19 +145,25 @@ def synthetic(train_size: int, num_classes: int = 10, channels: int = 3, size: i
     return RawData(train_images, train_labels, test_images, test_labels, num_classes)
 
 
+# Data sets held whole in memory, by name: each loader takes load_raw's arguments (as `a`) and ``once``,
+# which runs a download-capable load on one rank per node.
+_LOADERS = {
+    "cifar10": lambda a, once: once(lambda fetch: _torchvision_cifar("cifar10", a["data_dir"], fetch)),
+    "cifar100": lambda a, once: once(lambda fetch: _torchvision_cifar("cifar100", a["data_dir"], fetch)),
+    "mnist": lambda a, once: once(lambda fetch: _mnist(a["data_dir"], fetch)),
+    "synthetic": lambda a, once: synthetic(a["synthetic_size"]),
+    "npy": lambda a, once: _npy(a["data_dir"], a["test_ratio"], a["seed"]),
+}
+IN_MEMORY_SOURCES = tuple(_LOADERS)
+
+
 def load_raw(name: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float, seed: int,
              local_rank: int = 0, wait_seconds: float = 300.0) -> RawData:
     """``local_rank`` 0 alone downloads a missing data set; the node's other ranks wait up to ``wait_seconds``."""
     once = lambda load: load_once_per_node(load, data_dir, download, local_rank, wait_seconds)  # noqa: E731
-    loaders = {
-        "cifar10": lambda: once(lambda fetch: _torchvision_cifar("cifar10", data_dir, fetch)),
-        "cifar100": lambda: once(lambda fetch: _torchvision_cifar("cifar100", data_dir, fetch)),
-        "mnist": lambda: once(lambda fetch: _mnist(data_dir, fetch)),
-        "npy": lambda: _npy(data_dir, test_ratio, seed),
-        "synthetic": lambda: synthetic(synthetic_size),
-    }
-    if name not in loaders:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(loaders)}")
-    raw = loaders[name]()
+    if name not in _LOADERS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(_LOADERS)}")
+    arguments = {"data_dir": data_dir, "synthetic_size": synthetic_size, "test_ratio": test_ratio, "seed": seed}
+    raw = _LOADERS[name](arguments, once)
     check_raw(raw)
     return raw

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
 
+from dataloaders import DATASET_NAMES
 from models import MODEL_NAMES
+from train.optimizers import OPTIMIZER_NAMES
+from train.sync import SYNC_TYPES
+from train.sync.options import apply_type_defaults, ignored_options, ignored_warning
 from utilities import config_aliases, config_checks
 
-TRAINING_TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ", "LPPSGD", "LAPSGD",
-                  "TorchPeriodicAverager", "EASGD")
-DATASETS = ("cifar10", "cifar100", "mnist", "synthetic", "npy", "imagenet")
+# The choices come from the registries; these names stay for the modules that import them from here.
+TRAINING_TYPES = tuple(SYNC_TYPES)
+DATASETS = DATASET_NAMES
 MODELS = MODEL_NAMES
-OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
+OPTIMIZERS = OPTIMIZER_NAMES
 
 
 class ConfigError(ValueError):
@@ -273,55 +276,24 @@ def parse_config(argv: Optional[list] = None) -> Config:
     settings.update(config_aliases.translate(given, base=settings))
     settings = config_aliases.normalise_names(settings)
     config = Config(**{name: _coerce(name, value) for name, value in settings.items()})
-    if config.training_type == "PLSGD" and config.switch_epoch > 0:
-        config.training_type = "PostLocalSGD"  # LPP-SGD runs post-local SGD as PLSGD with --pre_post_epochs E
-    if config.training_type == "DiLoCo" and "optimizer" not in settings:
-        # DiLoCo's inner optimizer is AdamW (Douillard et al. 2023, sec. 2); its LR suits AdamW too.
-        config.optimizer = "adamw"
-        if "lr" not in settings:
-            config.lr = 1e-3
+    config.training_type = config_aliases.post_local_type(config.training_type, config.switch_epoch)
+    apply_type_defaults(SYNC_TYPES[config.training_type], config, given=settings)
     if config.optimizer in ("lars", "lamb") and "warmup_epochs" not in settings:
         # Large-batch recipes warm up (Goyal et al. use 5 epochs); capped at a fifth of short runs.
         config.warmup_epochs = min(5.0, config.epochs / 5)
     validate(config)
-    if ignored and config_aliases.is_first_rank_by_environment():
-        print(config_aliases.ignored_warning(ignored), file=sys.stderr)
+    try:
+        ignored_by_type = ignored_options(config.training_type, SYNC_TYPES, config, Config())
+    except ValueError as error:  # a type-specific flag the chosen type cannot honour
+        raise ConfigError(str(error)) from None
+    if config_aliases.is_first_rank_by_environment():
+        for warning in (config_aliases.ignored_warning(ignored), ignored_warning(config.training_type, ignored_by_type)):
+            if warning:
+                print(warning, file=sys.stderr)
     return config
 
 
 def validate(config: Config) -> None:
     """Reject values no run could use, with one line naming the flag."""
-    positive = ("epochs", "batch_size", "overlap_steps", "eval_batch_size", "accumulation_steps", "max_micro_batch",
-                "local_steps", "min_local_steps", "max_local_steps", "reference_batch", "eval_every",
-                "log_every", "synthetic_size", "workers_per_node", "image_size")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
-    non_negative = ("dirichlet_alpha", "max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
-                    "keep_checkpoints", "epochs_per_job", "loader_workers",
-                    "prepass_epochs", "slow_lr", "outer_lr")
-    for name in non_negative:
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{_flag(name)} must not be negative, got {getattr(config, name)}")
-    for name in ("lr", "timeout", "weight_decay", "momentum", "gamma", "slow_lr", "outer_lr", "trust_coefficient"):
-        if not math.isfinite(getattr(config, name)):
-            raise ConfigError(f"{_flag(name)} must be a finite number, got {getattr(config, name)}")
-    if not config.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {config.lr}")
-    for name in ("val_ratio", "test_ratio"):
-        if not 0 < getattr(config, name) < 1:
-            raise ConfigError(f"{_flag(name)} must be between 0 and 1 (exclusive), got {getattr(config, name)}")
-    for name in ("momentum", "slow_momentum", "outer_momentum"):
-        if not 0 <= getattr(config, name) < 1:
-            raise ConfigError(f"{_flag(name)} must be in [0, 1), got {getattr(config, name)}")
-    if config.min_local_steps > config.max_local_steps:
-        raise ConfigError("--min-local-steps must not exceed --max-local-steps")
-    if config.timeout <= 0:
-        raise ConfigError(f"--timeout must be positive, got {config.timeout}")
-    if config.nesterov and config.momentum == 0:
-        raise ConfigError("--nesterov needs --momentum > 0")
-    if config.hierarchy and len(config.hierarchy) != 2:
-        raise ConfigError("--hierarchy takes two values: J_node J_global")
-    if len(config.adaptive_thresholds) != 3:
-        raise ConfigError("--adaptive-thresholds takes three values: early middle late")
+    config_checks.check_basic_values(config, ConfigError)
     config_checks.check_values(config, ConfigError)

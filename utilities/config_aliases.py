@@ -159,6 +159,11 @@ def ignored_warning(named: list) -> str:
     return f"warning: ignored LPP-SGD flags: {', '.join(named)} (see docs/LPPSGD.md)" if named else ""
 
 
+def post_local_type(training_type: str, switch_epoch: int) -> str:
+    """LPP-SGD runs post-local SGD as PLSGD with --pre_post_epochs E (our --switch-epoch E)."""
+    return "PostLocalSGD" if training_type == "PLSGD" and switch_epoch > 0 else training_type
+
+
 def is_first_rank_by_environment(env=None) -> bool:
     """Rank 0, or a single process, judged from launcher variables alone (the process group does not exist
     yet): so a warning about the command line is printed once, not once per rank."""

@@ -6,6 +6,7 @@ Each check raises ``ConfigError`` with one line naming the flag, before anything
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -49,6 +50,43 @@ def _number(value) -> str:
 
 def _range_text(low, high, low_allowed: bool) -> str:
     return f"{'[' if low_allowed else '('}{_number(low)}, {_number(high)}]"
+
+
+def check_basic_values(config, error_type) -> None:
+    """Counts, ratios and finite numbers no run could use otherwise (the first checks config.validate runs)."""
+    positive = ("epochs", "batch_size", "overlap_steps", "eval_batch_size", "accumulation_steps", "max_micro_batch",
+                "local_steps", "min_local_steps", "max_local_steps", "reference_batch", "eval_every",
+                "log_every", "synthetic_size", "workers_per_node", "image_size")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise error_type(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
+    non_negative = ("dirichlet_alpha", "max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
+                    "keep_checkpoints", "epochs_per_job", "loader_workers",
+                    "prepass_epochs", "slow_lr", "outer_lr")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise error_type(f"{_flag(name)} must not be negative, got {getattr(config, name)}")
+    for name in ("lr", "timeout", "weight_decay", "momentum", "gamma", "slow_lr", "outer_lr", "trust_coefficient"):
+        if not math.isfinite(getattr(config, name)):
+            raise error_type(f"{_flag(name)} must be a finite number, got {getattr(config, name)}")
+    if not config.lr > 0:
+        raise error_type(f"--lr must be positive, got {config.lr}")
+    for name in ("val_ratio", "test_ratio"):
+        if not 0 < getattr(config, name) < 1:
+            raise error_type(f"{_flag(name)} must be between 0 and 1 (exclusive), got {getattr(config, name)}")
+    for name in ("momentum", "slow_momentum", "outer_momentum"):
+        if not 0 <= getattr(config, name) < 1:
+            raise error_type(f"{_flag(name)} must be in [0, 1), got {getattr(config, name)}")
+    if config.min_local_steps > config.max_local_steps:
+        raise error_type("--min-local-steps must not exceed --max-local-steps")
+    if config.timeout <= 0:
+        raise error_type(f"--timeout must be positive, got {config.timeout}")
+    if config.nesterov and config.momentum == 0:
+        raise error_type("--nesterov needs --momentum > 0")
+    if config.hierarchy and len(config.hierarchy) != 2:
+        raise error_type("--hierarchy takes two values: J_node J_global")
+    if len(config.adaptive_thresholds) != 3:
+        raise error_type("--adaptive-thresholds takes three values: early middle late")
 
 
 def check_values(config, error_type) -> None:

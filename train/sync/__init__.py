@@ -12,6 +12,7 @@ from train.sync.slowmo import DiLoCo, SlowMo
 from train.sync.torch_averager import TorchPeriodicAverager
 from utilities.distributed import CommMeter
 
+# The one list of training types: --training-type's choices come from here (utilities.config).
 SYNC_TYPES = {
     "MBSGD": MBSGD,
     "PLSGD": PLSGD,
@@ -20,8 +21,8 @@ SYNC_TYPES = {
     "DiLoCo": DiLoCo,
     "AdaptiveJ": AdaptiveJ,
     "EASGD": EASGD,
-    "LAPSGD": LAPSGD,
     "LPPSGD": LPPSGD,
+    "LAPSGD": LAPSGD,
     "TorchPeriodicAverager": TorchPeriodicAverager,  # baseline: torch.distributed's PeriodicModelAverager
 }
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from train.sync.base import RunShape
-from train.sync.plsgd import PLSGD, averaging_options
+from train.sync.plsgd import PLSGD
 from utilities.distributed import CommMeter, is_distributed
 
 RULES = ("threshold", "trend")
@@ -74,17 +74,22 @@ class LocalStepsController:
         self.local_steps, self.losses = state["local_steps"], list(state["losses"])
 
 
+_CONTROLLER_OPTIONS = ("local_steps", "min_local_steps", "max_local_steps", "adaptive_rule", "adaptive_thresholds")
+
+
 class AdaptiveJ(PLSGD):
+    OPTIONS = (*PLSGD.OPTIONS, *_CONTROLLER_OPTIONS[1:])
+
     def __init__(self, meter: CommMeter, controller: LocalStepsController, average_buffers: bool = True,
                  momentum_sync: str = "local", **averaging):
         super().__init__(meter, controller.local_steps, average_buffers, momentum_sync, **averaging)
         self.controller = controller
 
     @classmethod
-    def from_config(cls, config, meter: CommMeter, shape: RunShape):
-        controller = LocalStepsController(config.local_steps, config.min_local_steps, config.max_local_steps,
-                                          config.adaptive_rule, config.adaptive_thresholds, shape.epochs)
-        return cls(meter, controller, config.average_buffers, config.momentum_sync, **averaging_options(config))
+    def settings(cls, config, shape: RunShape) -> dict:
+        settings = super().settings(config, shape)
+        controller = LocalStepsController(*[settings.pop(name) for name in _CONTROLLER_OPTIONS], shape.epochs)
+        return {**settings, "controller": controller}
 
     def after_epoch(self, epoch: int, metrics: dict) -> dict:
         super().after_epoch(epoch, metrics)

@@ -33,8 +33,28 @@ class RunShape:
 class Sync:
     """No communication: the behaviour of one process, and the base of every training type."""
 
+    # The config fields this type reads, passed to the constructor as keyword arguments of the same
+    # names; a type-specific field set for a type that does not list it is reported (train.sync.options).
+    OPTIONS: tuple = ()
+    # Fields this type cannot honour: setting one is an error, not a warning (it would change the meaning).
+    REFUSED_OPTIONS: tuple = ()
+    refusal_hint = ""  # why, and what to do instead, for the error about a refused field
+    # True when the training happens in worker processes sharing the model (no per-rank data hooks, fp32).
+    trains_in_workers = False
+    # Inner optimizer and LR this type defaults to when --optimizer is not given (None: the config's).
+    default_optimizer: Optional[tuple] = None
+
     def __init__(self, meter: CommMeter):
         self.meter = meter
+
+    @classmethod
+    def settings(cls, config, shape: RunShape) -> dict:
+        """The constructor's keyword arguments, read from the config (types that derive one override this)."""
+        return {name: getattr(config, name) for name in cls.OPTIONS}
+
+    @classmethod
+    def from_config(cls, config, meter: CommMeter, shape: RunShape) -> "Sync":
+        return cls(meter, **cls.settings(config, shape))
 
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.nn.Module:
         """Wrap or snapshot what this method needs; return the module the loop trains."""

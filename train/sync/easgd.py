@@ -40,6 +40,10 @@ def elastic_round(local: torch.Tensor, center: torch.Tensor, mean: torch.Tensor,
 
 
 class EASGD(Sync):
+    OPTIONS = ("local_steps", "elastic_alpha")
+    # These change what a round means; EASGD's round is always blocking, fp32 and global.
+    REFUSED_OPTIONS = ("overlap", "sync_dtype", "hierarchy", "momentum_sync", "average_buffers")
+    refusal_hint = "its elastic round is blocking, fp32, over all ranks, and moves BatchNorm statistics too"
     def __init__(self, meter: CommMeter, local_steps: int, elastic_alpha: float = 0.0, ranks: int = 1):
         super().__init__(meter)
         if local_steps < 1:
@@ -52,16 +56,8 @@ class EASGD(Sync):
         self.steps_since_sync = 0
 
     @classmethod
-    def from_config(cls, config, meter: CommMeter, shape: RunShape):
-        # These change what an averaging round means; EASGD's round is always blocking, fp32 and global.
-        refused = {"--overlap": config.overlap, "--sync-dtype": config.sync_dtype != "fp32",
-                   "--hierarchy": bool(config.hierarchy), "--momentum-sync": config.momentum_sync != "local",
-                   "--no-average-buffers": not config.average_buffers}
-        named = [flag for flag, given in refused.items() if given]
-        if named:
-            raise ValueError(f"{', '.join(named)} not available for EASGD (its elastic round is blocking, fp32, "
-                             f"over all ranks, and moves BatchNorm statistics too); drop {' and '.join(named)}")
-        return cls(meter, config.local_steps, config.elastic_alpha, world_size())
+    def settings(cls, config, shape: RunShape) -> dict:
+        return {**super().settings(config, shape), "ranks": world_size()}
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer

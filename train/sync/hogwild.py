@@ -38,6 +38,9 @@ POLL_SECONDS = 0.002  # how often the averager looks at the node's step counter
 
 
 class LAPSGD(Sync):
+    # Also reads the optimizer settings (--optimizer, --lr, ...) every type uses: its workers build their own.
+    OPTIONS = ("local_steps", "workers_per_node", "average_buffers", "switch_epoch")
+    trains_in_workers = True
     partitioned = False
 
     def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
@@ -193,6 +196,7 @@ class LAPSGD(Sync):
 
 
 class LPPSGD(LAPSGD):
+    OPTIONS = (*LAPSGD.OPTIONS, "prepass_epochs")
     partitioned = True
 
     def worker_blocks(self) -> list:

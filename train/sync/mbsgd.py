@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 from torch.nn.parallel import DistributedDataParallel
 
-from train.sync.base import RunShape, Sync
+from train.sync.base import Sync
 from utilities.distributed import CommMeter, is_distributed
 from utilities.flat_buffer import FlatBuffer
 
@@ -107,6 +107,8 @@ def counted_allreduce_hook(state, bucket: dist.GradBucket) -> torch.futures.Futu
 
 
 class MBSGD(Sync):
+    OPTIONS = ("grad_compression", "bucket_cap_mb")
+
     def __init__(self, meter: CommMeter, grad_compression: str = "none",
                  bucket_cap_mb: float = 25.0):
         super().__init__(meter)
@@ -116,10 +118,6 @@ class MBSGD(Sync):
             raise ValueError(f"bucket_cap_mb must be positive, got {bucket_cap_mb}")
         self.bucket_cap_mb, self.grad_compression = bucket_cap_mb, grad_compression
         self.wire_dtype = WIRE_DTYPES[grad_compression]
-
-    @classmethod
-    def from_config(cls, config, meter: CommMeter, shape: RunShape) -> "MBSGD":
-        return cls(meter, config.grad_compression, config.bucket_cap_mb)
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer

@@ -35,7 +35,12 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
         buffer.scatter()
 
 
+AVERAGING_OPTIONS = ("overlap", "overlap_steps", "sync_dtype", "hierarchy", "ranks_per_node")
+
+
 class PLSGD(Sync):
+    OPTIONS = ("local_steps", "average_buffers", "momentum_sync", *AVERAGING_OPTIONS)
+
     def __init__(self, meter: CommMeter, local_steps: int, average_buffers: bool = True,
                  momentum_sync: str = "local", overlap: bool = False, sync_dtype: str = "fp32",
                  hierarchy: Optional[tuple] = None, ranks_per_node: int = 0, overlap_steps: int = 1):
@@ -64,8 +69,9 @@ class PLSGD(Sync):
         self.steps = 0
 
     @classmethod
-    def from_config(cls, config, meter: CommMeter, shape: RunShape):
-        return cls(meter, config.local_steps, config.average_buffers, config.momentum_sync, **averaging_options(config))
+    def settings(cls, config, shape: RunShape) -> dict:
+        averaging = {name: value for name, value in averaging_options(config).items() if name in cls.OPTIONS}
+        return {**super().settings(config, shape), **averaging}
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -184,6 +190,8 @@ def averaging_options(config) -> dict:
 
 
 class PostLocalSGD(PLSGD):
+    OPTIONS = (*PLSGD.OPTIONS, "switch_epoch", "switch_step")
+
     def __init__(self, meter: CommMeter, local_steps: int, switch_step: int, average_buffers: bool = True,
                  momentum_sync: str = "local", **averaging):
         super().__init__(meter, local_steps, average_buffers, momentum_sync, **averaging)
@@ -192,15 +200,14 @@ class PostLocalSGD(PLSGD):
         self.switch_step = switch_step
 
     @classmethod
-    def from_config(cls, config, meter: CommMeter, shape: RunShape):
-        if config.switch_epoch >= 0:
-            switch_step = config.switch_epoch * shape.steps_per_epoch
-        elif config.switch_step >= 0:
-            switch_step = config.switch_step
-        else:
+    def settings(cls, config, shape: RunShape) -> dict:
+        settings = super().settings(config, shape)
+        switch_epoch = settings.pop("switch_epoch")
+        if switch_epoch >= 0:
+            settings["switch_step"] = switch_epoch * shape.steps_per_epoch
+        elif settings["switch_step"] < 0:
             raise ValueError("PostLocalSGD needs --switch-epoch or --switch-step")
-        return cls(meter, config.local_steps, switch_step, config.average_buffers, config.momentum_sync,
-                   **averaging_options(config))
+        return settings
 
     def before_step(self, step: int) -> None:
         if step >= self.switch_step or not is_distributed():

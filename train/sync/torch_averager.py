@@ -9,9 +9,9 @@ import torch
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
 from train.sync.averaging import Averager
-from train.sync.base import RunShape, TrainingDiverged
+from train.sync.base import TrainingDiverged
 from train.sync.plsgd import PLSGD
-from utilities.distributed import CommMeter, is_distributed
+from utilities.distributed import is_distributed
 from utilities.flat_buffer import FlatBuffer, floating_state
 
 
@@ -20,14 +20,9 @@ class TorchPeriodicAverager(PLSGD):
     all-reduce) whenever its own counter reaches the period. Torch does not average BatchNorm
     statistics; they are averaged here as in PLSGD, so only the parameter path differs."""
 
-    @classmethod
-    def from_config(cls, config, meter: CommMeter, shape: RunShape):
-        unsupported = [flag for flag, used in (("--overlap", config.overlap), ("--hierarchy", config.hierarchy),
-                                               ("--sync-dtype", config.sync_dtype != "fp32")) if used]
-        if unsupported:
-            raise ValueError(f"TorchPeriodicAverager runs torch's blocking fp32 averager: drop {', '.join(unsupported)}"
-                             f" or use --training-type PLSGD")
-        return cls(meter, config.local_steps, config.average_buffers, config.momentum_sync)
+    OPTIONS = ("local_steps", "average_buffers", "momentum_sync")
+    REFUSED_OPTIONS = ("overlap", "sync_dtype", "hierarchy")
+    refusal_hint = "it runs torch's blocking fp32 averager; use --training-type PLSGD for these"
 
     def prepare(self, model, optimizer):
         model = super().prepare(model, optimizer)
