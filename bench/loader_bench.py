@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     arguments = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
-    data = build_data(arguments.dataset, arguments.data_dir, False, arguments.synthetic_size, 0.1, 0.1,
-                      arguments.batch_size, 1000, True, 0, 0, 1, torch.device("cpu"))
+    data = build_data(arguments.dataset, data_dir=arguments.data_dir, synthetic_size=arguments.synthetic_size,
+                      batch_size=arguments.batch_size, eval_batch_size=1000)
     train = data.train
     ours_rate, ours_batch = time_batches(train.epoch(0), arguments.batches)
 

@@ -34,12 +34,19 @@ def split_train_val(raw: RawData, val_ratio: float, seed: int):
     return (raw.train_images[train], raw.train_labels[train]), (raw.train_images[val], raw.train_labels[val])
 
 
-def build_data(dataset: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float,
-               val_ratio: float, batch_size: int, eval_batch_size: int, augment: bool, seed: int,
-               rank: int, world_size: int, device: torch.device, dirichlet_alpha: float = 0.0,
-               imagenet_dir: str = "", image_size: int = 224, loader_workers: int = 4, local_rank: int = 0,
-               workers_per_rank: int = 1, wait_seconds: float = 300.0) -> Data:
-    """``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.partition); 0 gives iid shards.
+# The run settings build_data reads under the same names (main.py passes them from the config).
+DATA_SETTINGS = ("data_dir", "download", "synthetic_size", "test_ratio", "val_ratio", "batch_size", "eval_batch_size",
+                 "augment", "seed", "dirichlet_alpha", "imagenet_dir", "image_size", "loader_workers")
+
+
+def build_data(dataset: str, *, batch_size: int, data_dir: str = ".", download: bool = False,
+               synthetic_size: int = 10000, test_ratio: float = 0.1, val_ratio: float = 0.1,
+               eval_batch_size: int = 256, augment: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+               device: torch.device = torch.device("cpu"), dirichlet_alpha: float = 0.0, imagenet_dir: str = "",
+               image_size: int = 224, loader_workers: int = 4, local_rank: int = 0, workers_per_rank: int = 1,
+               wait_seconds: float = 300.0) -> Data:
+    """The train/val/test splits of ``dataset``, with this rank's shard of the training split.
+    ``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.partition); 0 gives iid shards.
     ``imagenet_dir``, ``image_size`` and ``loader_workers`` are for ``dataset='imagenet'`` only.
     ``workers_per_rank`` Hogwild workers split a rank's shard; ``local_rank`` 0 alone downloads."""
     if dataset == "imagenet":

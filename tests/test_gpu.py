@@ -31,7 +31,7 @@ TYPE_FLAGS = {"PostLocalSGD": ["--switch-step", "3"], "LAPSGD": ["--workers-per-
 
 
 def tiny_data(device):
-    return build_data("synthetic", "", False, 2000, 0.1, 0.1, 32, 64, True, 0, 0, 1, torch.device(device))
+    return build_data("synthetic", synthetic_size=2000, batch_size=32, eval_batch_size=64, device=torch.device(device))
 
 
 def test_data_stays_on_the_gpu_and_batches_match_the_cpu_ones():

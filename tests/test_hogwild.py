@@ -66,7 +66,8 @@ def _slow_all_reduce(tensor, *args, **kwargs):
 
 
 def _lapsgd_with_slow_link(rank, world_size):
-    data = build_data("synthetic", ".", False, 2000, 0.1, 0.1, 16, 500, True, 0, rank, world_size, torch.device("cpu"))
+    data = build_data("synthetic", synthetic_size=2000, batch_size=16, eval_batch_size=500, rank=rank,
+                      world_size=world_size)
     model = build_model("mlp", 3, 32, 10)
     kwargs = {"lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
     sync = LAPSGD(CommMeter(), 4, 2, "sgd", kwargs, Schedule(0.05, 1000, kind="constant"),

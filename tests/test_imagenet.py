@@ -37,7 +37,8 @@ def folder(tmp_path_factory) -> Path:
 
 
 def imagenet(root, rank=0, world_size=1, batch_size=4, augment=True, image_size=32, workers=1, **kwargs):
-    return build_data("imagenet", "unused", False, 0, 0.1, 0.25, batch_size, 5, augment, 7, rank, world_size, CPU,
+    return build_data("imagenet", data_dir="unused", val_ratio=0.25, batch_size=batch_size, eval_batch_size=5,
+                      augment=augment, seed=7, rank=rank, world_size=world_size, device=CPU,
                       imagenet_dir=str(root), image_size=image_size, loader_workers=workers, **kwargs)
 
 

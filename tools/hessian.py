@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 import yaml
 
-from dataloaders import DataError, build_data
+from dataloaders import DATA_SETTINGS, DataError, build_data
 from models import apply_ghost_batch_norm, build_model
 from utilities.config import FIELDS, Config
 
@@ -115,9 +115,8 @@ def training_subset(config: Config, data_dir: str, samples: int, seed: int) -> t
     """``samples`` seeded images of the run's training split (rank 0 of 1 sees all of it), normalised, unaugmented."""
     if config.dataset == "imagenet":
         raise DataError("the Hessian tool needs a tensor-resident data set; --dataset imagenet is not supported")
-    data = build_data(config.dataset, data_dir, config.download, config.synthetic_size, config.test_ratio,
-                      config.val_ratio, config.batch_size, config.eval_batch_size, False, config.seed, 0, 1,
-                      torch.device("cpu"))
+    settings = {name: getattr(config, name) for name in DATA_SETTINGS}
+    data = build_data(config.dataset, **{**settings, "data_dir": data_dir, "augment": False})
     train = data.train
     chosen = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(seed))[:samples]
     return data, train.normalizer(train.images[chosen]), train.labels[chosen]

@@ -11,6 +11,7 @@ import math
 import resource
 import sys
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,20 +32,21 @@ class ReplicasDiffer(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, model, optimizer, scheduler, sync: Sync, data: Data, files: RunFiles,
-                 settings: LoopSettings, meter: CommMeter, device: torch.device, rank: int = 0):
+    def __init__(self, *, model, optimizer, scheduler, sync: Sync, data: Data, files: RunFiles,
+                 settings: LoopSettings, meter: CommMeter, device: torch.device, rank: int = 0,
+                 identity: Optional[dict] = None, preemption: Optional[PreemptionWatch] = None):
         self.model, self.optimizer, self.scheduler, self.sync = model, optimizer, scheduler, sync
         self.data, self.files, self.settings, self.meter = data, files, settings, meter
         self.device, self.rank, self.is_main = device, rank, rank == 0
         self.progress = Progress()
         self.amp = MixedPrecision(settings.amp, device)
         self.train_model = sync.prepare(model, optimizer)
-        self.identity = {}  # set by main: what a checkpoint must match to be resumed
+        self.identity = identity or {}  # what a checkpoint must match to be resumed
         self.diverged = None  # why this rank must stop (--on-nan stop), until every rank knows
         # --on-nan skip leaves a skipped step without trace, BatchNorm statistics included.
         buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.skip_restores = buffers if settings.on_nan == "skip" else []
-        self.preemption: PreemptionWatch = None  # set by main: stop all ranks together on SIGTERM/SIGUSR1
+        self.preemption = preemption  # stops all ranks together on SIGTERM/SIGUSR1
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
