@@ -1,7 +1,6 @@
 """LAPSGD and LPPSGD: balanced partitions, workers confined to their block, non-blocking averaging."""
 
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -73,10 +72,9 @@ def _lapsgd_with_slow_link(rank, world_size):
     sync = LAPSGD(CommMeter(), 4, 2, "sgd", kwargs, Schedule(0.05, 1000, kind="constant"),
                   all_reduce=_slow_all_reduce)
     sync.prepare(model, torch.optim.SGD(model.parameters(), lr=0.05))
-    trainer = SimpleNamespace(data=data, device=torch.device("cpu"), progress=SimpleNamespace(step=0))
-    figures = sync.train_epoch(0, trainer)
+    figures = sync.train_epoch(0, data.train, torch.device("cpu"))
     sync.finish()
-    return figures["node_steps_during_sync"], sync.meter.rounds, trainer.progress.step, replicas_identical(model)
+    return figures["node_steps_during_sync"], sync.meter.rounds, figures["step"], replicas_identical(model)
 
 
 def test_workers_keep_training_while_an_averaging_round_is_in_flight():

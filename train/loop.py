@@ -200,7 +200,10 @@ class Trainer:
         for epoch in range(self.progress.epoch, self.settings.epochs):
             epoch_started = time.perf_counter()
             row = {"epoch": epoch + 1, "lr": self.progress.epoch_partial.get("lr", self.optimizer.param_groups[0]["lr"])}
-            row.update(self.sync.train_epoch(epoch, self) or self.train_epoch(epoch))
+            trained_elsewhere = self.sync.train_epoch(epoch, self.data.train, self.device)
+            if trained_elsewhere is not None:
+                self.progress.step = trained_elsewhere.pop("step")
+            row.update(trained_elsewhere or self.train_epoch(epoch))
             settling = time.perf_counter()
             self.sync.settle()  # waiting for a round still in flight is training time
             row["train_seconds"] += time.perf_counter() - settling

@@ -61,9 +61,9 @@ class Sync:
         self.model, self.optimizer = model, optimizer
         return model
 
-    def train_epoch(self, epoch: int, trainer) -> Optional[dict]:
-        """Train one epoch some other way (e.g. in worker processes) and return its figures;
-        None lets the loop train the epoch itself."""
+    def train_epoch(self, epoch: int, batches, device: torch.device) -> Optional[dict]:
+        """Train one epoch some other way (e.g. in worker processes, on ``batches``, the rank's shard) and
+        return its figures, with ``step`` the optimizer steps taken so far; None lets the loop train it."""
         return None
 
     def no_sync(self) -> contextlib.AbstractContextManager:

@@ -41,7 +41,6 @@ class LAPSGD(Sync):
     # Also reads the optimizer settings (--optimizer, --lr, ...) every type uses: its workers build their own.
     OPTIONS = ("local_steps", "workers_per_node", "average_buffers", "switch_epoch")
     trains_in_workers = True
-    partitioned = False
 
     def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
                  schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None,
@@ -106,9 +105,9 @@ class LAPSGD(Sync):
         for _ in self.processes:  # start-up (imports) is not training time
             self.results.get(timeout=300)
 
-    def train_epoch(self, epoch: int, trainer) -> dict:
+    def train_epoch(self, epoch: int, batches, device) -> dict:
         if not self.processes:
-            self.start_workers(trainer.data.train)
+            self.start_workers(batches)
         lr = self.schedule.lr_at(self.node_steps.value)
         steps_during_rounds_before = self.steps_during_rounds
         self.interval = 1 if epoch < self.pre_post_epochs else self.local_steps
@@ -120,18 +119,18 @@ class LAPSGD(Sync):
         while len(reports) < self.workers:
             self.average_when_due()
             try:
-                index, *report = self.results.get(timeout=POLL_SECONDS)
+                report = self.results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 self.watch.check(self.processes, self.rank, idle=set(reports))
                 continue
-            reports[index] = report
+            reports[report.index] = report
         self.average_when_due(workers_idle=True)
         seconds = time.perf_counter() - started
-        self.worker_states = {index: report[3] for index, report in reports.items()}
-        trainer.progress.step = self.node_steps.value
-        loss, correct, images = (sum(report[i] for report in reports.values()) for i in range(3))
-        loss, correct, images = all_reduce_sum([loss, correct, images], trainer.device)
-        return {"lr": lr, "train_loss": loss / images, "train_accuracy": correct / images,
+        self.worker_states = {index: report.optimizer_state for index, report in reports.items()}
+        loss, correct, images = all_reduce_sum([sum(r.loss_sum for r in reports.values()),
+                                                sum(r.correct for r in reports.values()),
+                                                sum(r.images for r in reports.values())], device)
+        return {"step": self.node_steps.value, "lr": lr, "train_loss": loss / images, "train_accuracy": correct / images,
                 "images_per_second": images / seconds, "train_seconds": seconds,
                 "node_steps_during_sync": self.steps_during_rounds - steps_during_rounds_before}
 
@@ -197,7 +196,6 @@ class LAPSGD(Sync):
 
 class LPPSGD(LAPSGD):
     OPTIONS = (*LAPSGD.OPTIONS, "prepass_epochs")
-    partitioned = True
 
     def worker_blocks(self) -> list:
         sizes = [p.numel() for p in self.model.parameters()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,16 @@ class WorkerSpec:
     optimizer_state: Optional[dict] = None
     max_steps: int = 0  # the node stops after this many steps (0 = no limit)
     rank_pid: int = 0  # the rank process: the worker dies with it
+
+
+class WorkerReport(NamedTuple):
+    """What a worker sends back after an epoch."""
+
+    index: int
+    loss_sum: float
+    correct: int
+    images: int
+    optimizer_state: dict  # host copies: the coordinator keeps them for the next start and checkpoints
 
 
 def use_block(parameters: list, block: Optional[tuple]) -> None:
@@ -112,4 +122,4 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
             correct += step_correct
             images += len(targets)
         use_block(parameters, None)
-        results.put((index, loss_sum.item(), correct.item(), images, host_copy(optimizer.state_dict())))
+        results.put(WorkerReport(index, loss_sum.item(), correct.item(), images, host_copy(optimizer.state_dict())))
