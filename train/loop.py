@@ -24,7 +24,7 @@ from train.sync.base import Sync, TrainingDiverged
 from utilities.amp import MixedPrecision
 from utilities.checkpoint import save_checkpoint
 from utilities.distributed import CommMeter, all_reduce_sum, replicas_identical, world_size
-from utilities.run_files import RunFiles
+from utilities.run_files import RunFiles, progress_bar
 
 
 class ReplicasDiffer(RuntimeError):
@@ -151,12 +151,15 @@ class Trainer:
         images = partial.get("images", 0)
         steps = self.data.train.steps_per_epoch
         started = time.perf_counter() - partial.get("seconds", 0.0)
+        bar = progress_bar(steps, first_step, f"epoch {epoch + 1}/{self.settings.epochs}") if self.is_main else None
         for index, (inputs, targets) in enumerate(self.data.train.epoch(epoch, first_step), start=first_step):
             step_loss, step_correct = self.train_step(inputs, targets)
             loss_sum += step_loss
             correct += step_correct
             images += len(targets)
-            if self.is_main and (index + 1) % self.settings.log_every == 0:
+            if bar is not None:
+                bar.update()
+            elif self.is_main and (index + 1) % self.settings.log_every == 0:
                 rate = images * world_size() / (time.perf_counter() - started)
                 print(f"epoch {epoch + 1}/{self.settings.epochs} step {index + 1}/{steps} "
                       f"loss {step_loss.item() / len(targets):.4f} lr {self.optimizer.param_groups[0]['lr']:.4g} "
@@ -167,6 +170,8 @@ class Trainer:
                 self.stop_if_preempted({"steps": index + 1, "lr": epoch_lr, "loss_sum": loss_sum.item(),
                                         "correct": correct.item(), "images": images,
                                         "seconds": time.perf_counter() - started})
+        if bar is not None:
+            bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import subprocess
 
 import yaml
@@ -82,3 +83,13 @@ class RunFiles:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def progress_bar(total: int, initial: int, description: str):
+    """A tqdm bar on stderr when it is a terminal (rank 0); None where plain log lines read better (files, CI)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, unit="step", file=sys.stderr, leave=False,
+                dynamic_ncols=True)
