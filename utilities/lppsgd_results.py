@@ -58,15 +58,10 @@ def results_entries(rows: list) -> list:
     the epoch; test figures exist for the epochs that were evaluated (--eval-every / --test-freq)."""
     entries = []
     for row in rows:
-        def entry(tag, value):
-            entries.append({"tag": tag, "ep": row["epoch"], "val": value, "time": row["wall_seconds"]})
-
-        entry("LR", row["lr"])
-        entry("TrainLoss", row["train_loss"])
-        entry("TrainAcc@1", 100.0 * row["train_accuracy"])
+        values = [("LR", row["lr"]), ("TrainLoss", row["train_loss"]), ("TrainAcc@1", 100.0 * row["train_accuracy"])]
         if row.get("test_loss") is not None:
-            entry("TestLoss", row["test_loss"])
-            entry("TestAcc@1", 100.0 * row["test_accuracy"])
+            values += [("TestLoss", row["test_loss"]), ("TestAcc@1", 100.0 * row["test_accuracy"])]
+        entries += [{"tag": tag, "ep": row["epoch"], "val": value, "time": row["wall_seconds"]} for tag, value in values]
     return entries
 
 
