@@ -278,5 +278,18 @@ def test_resume_auto_with_another_world_size_is_refused_not_restarted(single_cop
                       timeout=120)
     assert result.returncode != 0 and no_rank_traceback(result.stderr)
     errors = lines_starting(result.stderr, "error:")
-    assert errors and all("from a run on 1 rank(s)" in line for line in errors), result.stderr
+    assert len(errors) == 1 and "from a run on 1 rank(s)" in errors[0], result.stderr  # agreed: printed once
     assert snapshot(single_copy) == before
+
+
+def test_a_newer_set_from_another_world_size_is_skipped_not_blocking(run_copy, single_run):
+    """A stray 1-rank checkpoint (with valid checksums) newer than the 2-rank run's own sets."""
+    stray = single_run / "checkpoints" / "epoch-00001.pt"
+    for name in ("epoch-00011.pt", "epoch-00011.rank-1.pt"):
+        shutil.copy(stray, run_copy / "checkpoints" / name)
+        shutil.copy(f"{stray}.sha256", run_copy / "checkpoints" / f"{name}.sha256")
+    result = run_main([*LOCAL, "--resume", "auto", "--output-dir", str(run_copy)], nproc=2, timeout=180)
+    check_ok(result)
+    warnings = lines_starting(result.stderr, "warning: skipped")
+    assert len(warnings) == 1 and "epoch 11" in warnings[0] and "resuming from epoch 2" in warnings[0]
+    assert [row["epoch"] for row in metrics(run_copy)] == [1, 2, 3]

@@ -59,6 +59,8 @@ def prints_the_line(error: BaseException) -> bool:
     """Whether this rank prints ``error`` (a bad-input error that ends the run with code 2)."""
     if isinstance(error, FailedOnAnotherRank):
         return False
+    if getattr(error, "raised_on_every_rank", False) and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
     if _agreement["pending"]:  # the failing ranks meet the others' all-reduce in inputs_checked
         _agreement["pending"] = False
         return _lowest(dist.get_rank()) == dist.get_rank()

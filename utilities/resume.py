@@ -61,19 +61,25 @@ def newest_complete_state(directory: str, rank: int, device):
     """This rank's state of the newest epoch every rank can resume from, or None for a fresh start.
     Skipped epochs are reported in one warning line (rank 0)."""
     candidates = sorted(set().union(*gather(sorted(positions_on_disk(directory)))), reverse=True)
-    skipped = []
+    skipped, other_world_sizes = [], set()
     for position in candidates:
         state, problem = try_load(checkpoint_path(directory, position[0], rank, step=position[1]), device)
         found = gather((problem, saved_world_size(state)))
-        if found[0][1] not in (None, len(found)):  # fewer or more ranks: no older set would fit either
-            raise CheckpointError(f"the checkpoints in {directory} are from a run on {found[0][1]} rank(s); resume "
-                                  f"with that many ranks, or choose another --output-dir")
+        sizes = {size for _, size in found if size is not None}
+        if sizes - {len(found)}:  # a set written by another number of ranks cannot be resumed here
+            other_world_sizes |= sizes - {len(found)}
+            problem = f"written by {', '.join(map(str, sorted(sizes)))} rank(s)"
+            found = [(problem, None) for _ in found]
         problems = [f"rank {r}: {p}" for r, (p, _) in enumerate(found) if p is not None]
         if not problems:
             break
         skipped.append(f"{describe(position)} ({'; '.join(problems)})")
     else:
         state = None
+        if other_world_sizes:  # starting afresh would write over the metrics of a run on other ranks
+            raise agreed(CheckpointError(
+                f"the checkpoints in {directory} are from a run on {', '.join(map(str, sorted(other_world_sizes)))} "
+                f"rank(s); resume with that many ranks, or choose another --output-dir"))
     if skipped and rank == 0:
         target = f"resuming from {describe(position)}" if state is not None else "none is complete; starting afresh"
         print(f"warning: skipped incomplete or unusable checkpoints: {', '.join(skipped)}; {target}",
@@ -81,12 +87,18 @@ def newest_complete_state(directory: str, rank: int, device):
     return state
 
 
+def agreed(error: CheckpointError) -> CheckpointError:
+    """Mark an error every rank raises alike (after comparing findings): one rank prints it."""
+    error.raised_on_every_rank = True
+    return error
+
+
 def state_at_path(path: str, rank: int, device) -> dict:
     """--resume PATH: this rank's own file beside rank 0's ``path``; every rank fails if any rank cannot load."""
     state, problem = try_load(rank_path(path, rank), device)
     problems = [f"rank {r}: {p}" for r, p in enumerate(gather(problem)) if p is not None]
     if problems:
-        raise CheckpointError(f"cannot resume from {path}: {'; '.join(problems)}")
+        raise agreed(CheckpointError(f"cannot resume from {path}: {'; '.join(problems)}"))
     return state
 
 

@@ -15,7 +15,7 @@ same new point ``reference + mean change`` from the same reduced message.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,15 @@ from utilities.flat_buffer import FlatBuffer
 WIRE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class Round(NamedTuple):
+    """An averaging round begun and not yet completed."""
+
+    snapshot: Optional[torch.Tensor]  # the parameters when it began (overlapped rounds only)
+    message: torch.Tensor  # what was sent; the sum arrives in it
+    work: object  # the all-reduce's handle
+    begun: float  # time.perf_counter() when it began
+
+
 class Averager:
     def __init__(self, state: FlatBuffer, meter: CommMeter, wire_dtype: str = "fp32", group=None,
                  check_finite: bool = True):
@@ -36,7 +45,7 @@ class Averager:
         self.wire_dtype = WIRE_DTYPES[wire_dtype]
         self.reference = state.gather().clone() if self.wire_dtype is not None else None
         self.error = torch.zeros_like(self.reference) if self.wire_dtype is not None else None
-        self.pending: Optional[tuple] = None
+        self.pending: Optional[Round] = None
         # A rank that must stop (--on-nan stop) sends NaN: a non-finite average stops every rank at once.
         self.check_finite = check_finite
 
@@ -54,7 +63,7 @@ class Averager:
             message = change.to(self.wire_dtype)
             self.error = change - message.float()
         work = dist.all_reduce(message, group=self.group, async_op=True)
-        self.pending = (snapshot, message, work, time.perf_counter())
+        self.pending = Round(snapshot, message, work, time.perf_counter())
 
     def complete(self, after_average=None) -> None:
         """Wait for the round begun last, install the average (then ``after_average()``, e.g. an
@@ -94,15 +103,15 @@ class Averager:
     def state_dict(self) -> dict:
         state = {"reference": self.reference, "error": self.error}
         if self.pending is not None:  # a mid-epoch checkpoint with an overlapped round in flight
-            snapshot, message, work = self.pending
-            work.wait()  # the transfer ends now; the round stays open and completes after the resume as it would have
-            state["pending"] = {"snapshot": snapshot, "message": message}
+            self.pending.work.wait()  # the transfer ends now; the round stays open and completes after the resume
+            state["pending"] = {"snapshot": self.pending.snapshot, "message": self.pending.message}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.reference, self.error = state["reference"], state["error"]
         pending = state.get("pending")
-        self.pending = None if pending is None else (pending["snapshot"], pending["message"], _FinishedWork())
+        self.pending = None if pending is None else Round(pending["snapshot"], pending["message"], _FinishedWork(),
+                                                          time.perf_counter())
 
 
 class _FinishedWork:
