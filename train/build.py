@@ -82,6 +82,10 @@ def build_parts(config: Config, launch: LaunchInfo, device: torch.device) -> Run
         raise ConfigError(f"--num-classes {config.num_classes} does not match {config.dataset}, which has "
                           f"{data.num_classes} classes")
     steps_per_epoch = data.train.steps_per_epoch
+    if SYNC_TYPES[config.training_type].trains_in_workers:  # a node step is any worker's step on its part
+        workers = config.workers_per_node
+        steps_per_epoch = sum(data.train.resharded(launch.rank * workers + index, launch.world_size * workers)
+                              .steps_per_epoch for index in range(workers))
     epochs, max_steps, total_steps = run_length(config, steps_per_epoch)
     micro_batches = max(config.accumulation_steps, math.ceil(config.batch_size / config.max_micro_batch))
     with settings_checked_by_constructors():

@@ -100,9 +100,10 @@ def translate(given: dict, base: dict = None) -> dict:
     base = base or {}
     settings = {name: value for name, value in given.items() if not name.startswith("lpp_")}
 
-    def put(name, value, flag):
+    def put(name, value, flag, switch=False):
         if name in settings and str(settings[name]) != str(value):
-            raise ConfigError(f"{flag} {value} contradicts --{name.replace('_', '-')} {settings[name]}; give only one")
+            given_as = flag if switch else f"{flag} {value}"
+            raise ConfigError(f"{given_as} contradicts --{name.replace('_', '-')} {settings[name]}; give only one")
         settings[name] = value
 
     for flag, (name, _, _) in _VALUE_ALIASES.items():
@@ -119,11 +120,11 @@ def translate(given: dict, base: dict = None) -> dict:
         per_pass = settings.get("batch_size", base.get("batch_size", 128))
         settings["batch_size"] = int(per_pass) * given["lpp_bs_multiple"]
     if given.get("lpp_cuda"):
-        put("device", "cuda", "--cuda")
+        put("device", "cuda", "--cuda", switch=True)
     if given.get("lpp_lars"):
-        put("optimizer", "lars", "--lars")
+        put("optimizer", "lars", "--lars", switch=True)
     if given.get("lpp_storeresults"):
-        put("store_results", True, "--storeresults")
+        put("store_results", True, "--storeresults", switch=True)
     if "lpp_dist_backend" in given:
         put("backend", _BACKENDS[given["lpp_dist_backend"]], "--dist-backend")
     if "lpp_imagenet_dir" in given and "imagenet_dir" in FIELDS:
