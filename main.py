@@ -145,8 +145,9 @@ def main(argv=None) -> int:
             raise
         print(f"error: {error_report.disk_full_message(error)}", file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
-        print(f"error: training diverged: {error}", file=sys.stderr)
+    except TrainingDiverged as error:  # every rank stops at the same step (train.loop): one of them says so
+        if not distributed.is_distributed() or torch.distributed.get_rank() == 0:
+            print(f"error: training diverged: {error}", file=sys.stderr)
         return 3
     except ReplicasDiffer as error:
         print(f"error: {error}", file=sys.stderr)

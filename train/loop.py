@@ -107,7 +107,11 @@ class Trainer:
             loss_sum, correct = torch.zeros_like(loss_sum), torch.zeros_like(correct)
         # Before the scheduler (SlowMo needs this step's LR) and before the gradients go (torch's
         # PeriodicModelAverager averages only parameters that have one).
-        self.sync.after_step(self.progress.step)
+        try:
+            self.sync.after_step(self.progress.step)
+        except TrainingDiverged as error:  # the averaged model is not finite: say when, and at what LR
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(f"{error} (step {self.progress.step}, lr {lr:.4g})") from None
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1

@@ -5,6 +5,7 @@
 
 
 import contextlib
+import inspect
 import time
 
 import torch
@@ -16,6 +17,12 @@ from train.sync.base import Sync
 from utilities.distributed import CommMeter, is_distributed
 from utilities.flat_buffer import FlatBuffer
 
+
+# Newer torch names DDP's per-forward buffer broadcast forward_sync_buffers (and deprecates broadcast_buffers);
+# either way the buffers are still made equal once, at construction.
+NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
 
 WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 
@@ -129,7 +136,7 @@ class MBSGD(Sync):
         # before each forward: that left every rank with its own statistics after the step, so replicas never
         # agreed and evaluation differed per rank.
         self.ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb,
-                                           broadcast_buffers=False)
+                                           **NO_FORWARD_BUFFER_SYNC)
         self.times = BucketTimes()
         if self.grad_compression == "powersgd":
             powersgd.dist = _CountedCollectives(self.meter)
