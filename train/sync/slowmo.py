@@ -41,18 +41,25 @@ class SlowMo(PLSGD):
         self.outer_momentum = [torch.zeros_like(p) for p in self.parameters]  # u
         return model
 
-    def after_average(self) -> None:
-        self.outer_step()
-        super().after_average()
+    def after_average(self, fragment=None) -> None:
+        self.outer_step(fragment)
+        super().after_average(fragment)
 
-    def outer_step(self) -> None:
+    def fragment_views(self, tensors: list, fragment) -> list:
+        """``tensors`` (one per parameter), or with a streamed fragment only the parameter elements in it."""
+        if fragment is None:
+            return tensors
+        return [tensors[i].view(-1)[start:stop] for i, start, stop in fragment.pieces if i < len(tensors)]
+
+    def outer_step(self, fragment=None) -> None:
+        parameters, starts = self.fragment_views(self.parameters, fragment), self.fragment_views(self.start, fragment)
         lr_inner = self.optimizer.param_groups[0]["lr"]
         if lr_inner <= 0:  # no inner progress to scale (e.g. warmup from 0): keep the average
-            for x, start in zip(self.parameters, self.start):
+            for x, start in zip(parameters, starts):
                 start.copy_(x)
             return
         with torch.no_grad():
-            for x, start, u in zip(self.parameters, self.start, self.outer_momentum):
+            for x, start, u in zip(parameters, starts, self.fragment_views(self.outer_momentum, fragment)):
                 change = start - x  # d = x_start - x_avg
                 u.mul_(self.slow_momentum).add_(change, alpha=1 / lr_inner)
                 x.copy_(start - self.slow_lr * lr_inner * u)
@@ -82,22 +89,35 @@ class DiLoCo(SlowMo):
         model = super().prepare(model, optimizer)
         # The outer optimizer updates the period-start copy; its .grad holds the pseudo-gradient.
         self.global_parameters = [torch.nn.Parameter(p, requires_grad=False) for p in self.start]
-        self.outer_optimizer = torch.optim.SGD(self.global_parameters, lr=self.outer_lr,
-                                               momentum=self.outer_momentum_factor, nesterov=True)
+        self.outer_optimizer = self.build_outer_optimizer(self.global_parameters)
+        # Streamed fragments: one outer optimizer per fragment, over views of the period-start copy.
+        self.fragment_optimizers = [
+            self.build_outer_optimizer([torch.nn.Parameter(view, requires_grad=False)
+                                        for view in self.fragment_views(self.start, fragment)])
+            for fragment in (self.streamer.fragments if self.streamer is not None else [])]
         return model
 
-    def outer_step(self) -> None:
+    def build_outer_optimizer(self, parameters: list) -> torch.optim.Optimizer:
+        return torch.optim.SGD(parameters, lr=self.outer_lr, momentum=self.outer_momentum_factor, nesterov=True)
+
+    def outer_step(self, fragment=None) -> None:
+        optimizer = self.outer_optimizer if fragment is None else self.fragment_optimizers[fragment.index]
+        starts = [p for group in optimizer.param_groups for p in group["params"]]
+        parameters = self.fragment_views(self.parameters, fragment)
         with torch.no_grad():
-            for x, start in zip(self.parameters, self.global_parameters):
+            for x, start in zip(parameters, starts):
                 start.grad = start - x  # pseudo-gradient: x_start - x_avg
-            self.outer_optimizer.step()
-            for x, start in zip(self.parameters, self.global_parameters):
+            optimizer.step()
+            for x, start in zip(parameters, starts):
                 x.copy_(start)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "outer_optimizer": self.outer_optimizer.state_dict()}
+        return {**super().state_dict(), "outer_optimizer": self.outer_optimizer.state_dict(),
+                "fragment_optimizers": [optimizer.state_dict() for optimizer in self.fragment_optimizers]}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        for optimizer, saved in zip(self.fragment_optimizers, state.get("fragment_optimizers", [])):
+            optimizer.load_state_dict(saved)
 
