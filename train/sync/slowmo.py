@@ -42,7 +42,10 @@ class SlowMo(PLSGD):
         return model
 
     def after_average(self, fragment=None) -> None:
-        self.outer_step(fragment)
+        if fragment is None:
+            self.outer_step()  # the whole state: outer_step() as before
+        else:
+            self.outer_step(fragment)
         super().after_average(fragment)
 
     def fragment_views(self, tensors: list, fragment) -> list:
