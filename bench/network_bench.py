@@ -17,7 +17,7 @@ use --device cpu --backend gloo; --extra comes after those flags and can change 
 OMP_NUM_THREADS defaults to 1 per rank. The namespaces are removed at the end, on failure and on
 Ctrl-C or SIGTERM. Only one network bench runs at a time (the namespace names are fixed).
 
---types takes TYPE, TYPE:J or TYPE+VARIANT:J (variants: overlap, fp16 gradients, bf16sync). A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
+--types takes TYPE, TYPE:J or TYPE+VARIANT:J (variants: overlap [automatic depth], overlap1/3/4 [fixed depth], frag2/frag4 [streamed fragments], bf16overlap, fp16 gradients, bf16sync; a PLSGD:1000000 run gives the "of compute alone" column). A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
 SlowMo (J=8), AdaptiveJ (J=8 at the start; the J column shows how it changed between epochs).
 Runs land in <runs-dir>/<rate>/<type>-J<J>/ with each rank's output in bench_log_rank<R>.txt; a run
 whose summary.json exists and was made with the same link and arguments is reused unless --rerun.
@@ -49,12 +49,17 @@ VETHS = ("dtveth0", "dtveth1")
 ADDRESSES = ("10.77.0.1", "10.77.0.2")
 DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8,), "TorchPeriodicAverager": (8,)}
 # TYPE+VARIANT adds these main.py flags, e.g. PLSGD+overlap:8 or MBSGD+fp16.
-VARIANTS = {"overlap": ["--overlap"], "overlap3": ["--overlap", "--overlap-steps", "3"],
+# overlap: the depth chosen from measurements (--overlap-steps auto); overlap1/3/4: a fixed depth;
+# fragN: N streamed fragments, each overlapped at the automatic depth.
+VARIANTS = {"overlap": ["--overlap"], "overlap1": ["--overlap", "--overlap-steps", "1"],
+            "overlap3": ["--overlap", "--overlap-steps", "3"], "bf16overlap": ["--overlap", "--sync-dtype", "bf16"],
+            "frag2": ["--overlap", "--fragments", "2"], "frag4": ["--overlap", "--fragments", "4"],
             "overlap4": ["--overlap", "--overlap-steps", "4"], "fp16": ["--grad-compression", "fp16"],
             "powersgd": ["--grad-compression", "powersgd"], "bf16sync": ["--sync-dtype", "bf16"]}
 DEFAULT_TYPES = ["MBSGD", "PLSGD", "SlowMo", "AdaptiveJ"]
-HEADERS = ["link", "training type", "J", "images/s", "comm seconds", "comm MB per rank", "rounds",
+HEADERS = ["link", "training type", "J", "images/s", "of compute alone", "comm seconds", "comm MB per rank", "rounds",
            "final test accuracy (%)"]
+COMPUTE_ALONE_J = 1000000  # PLSGD with this J averages only at the end: the compute-alone reference
 PROBE_PORT, FIRST_MASTER_PORT = 29400, 29500
 LOCK_FILE = "/tmp/dtbench-network.lock"
 KILL_GRACE_S = 30  # how long the other rank may take to notice that its peer failed
@@ -252,8 +257,13 @@ def local_steps_label(name: str, local_steps: int, metrics: list) -> str:
     return " → ".join(str(j) for index, j in enumerate(used) if index == 0 or j != used[index - 1])
 
 
-def table_row(link: str, name: str, local_steps: int, summary: dict, metrics: list) -> list:
-    return [link, name, local_steps_label(name, local_steps, metrics), f"{summary['images_per_second']:.0f}",
+def table_row(link: str, name: str, local_steps: int, summary: dict, metrics: list, alone: float = 0.0) -> list:
+    label = local_steps_label(name, local_steps, metrics)
+    depths = [row["overlap_steps"] for row in metrics if "overlap_steps" in row]
+    if depths:
+        label += f", D {'/'.join(str(depth) for depth in depths)}"
+    fraction = f"{summary['images_per_second'] / alone:.2f}" if alone else ""
+    return [link, name, label, f"{summary['images_per_second']:.0f}", fraction,
             f"{summary['comm_seconds']:.2f}", f"{summary['comm_bytes'] / 1e6:.1f}", summary["comm_rounds"],
             percent(summary["final_test_accuracy"])]
 
@@ -263,12 +273,15 @@ def bench_link(arguments: argparse.Namespace, link: str, first_port: int) -> tup
     shape = two_hosts("up", link).removeprefix("two_hosts: up, ")
     rate = measure_link(arguments.probe_mb)
     print(f"link {link}: {shape}; measured {rate:.1f} Mbit/s", file=sys.stderr, flush=True)
-    rows = []
+    results = []
     for offset, (name, local_steps) in enumerate(expand_types(arguments.types)):
         run_dir = Path(arguments.runs_dir) / link / f"{name}-J{local_steps}"
         summary = run_pair(run_dir, link, main_arguments(arguments, name, local_steps), first_port + offset,
                            arguments.run_timeout, arguments.rerun)
-        rows.append(table_row(link, name, local_steps, summary, load_metrics(run_dir)))
+        results.append((name, local_steps, summary, load_metrics(run_dir)))
+    alone = next((summary["images_per_second"] for name, j, summary, _ in results
+                  if name == "PLSGD" and j == COMPUTE_ALONE_J), 0.0)
+    rows = [table_row(link, name, j, summary, metrics, alone) for name, j, summary, metrics in results]
     return f"- `{link}`: {shape.split(':')[0]}; measured {rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB " \
            f"{NAMESPACES[0]} → {NAMESPACES[1]})", rows
 

@@ -96,6 +96,7 @@ NON_DEFAULT = {
     "bucket_cap_mb": 5.0,
     "overlap": True,
     "overlap_steps": 3,
+    "fragments": 2,
     "sync_dtype": "bf16",
     "hierarchy": [2, 8],
     "ranks_per_node": 2,

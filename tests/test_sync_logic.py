@@ -125,9 +125,9 @@ def slowmo_periods(rank, world_size, models, slow_momentum, slow_lr, lr):
     start = [p.detach().clone() for p in model.parameters()]
     averaged, outputs, outer_step = [], [], sync.outer_step
 
-    def spy():
+    def spy(fragment=None):
         averaged.append([p.detach().clone() for p in model.parameters()])
-        outer_step()
+        outer_step(fragment)
         outputs.append([p.detach().clone() for p in model.parameters()])
 
     sync.outer_step = spy

@@ -59,9 +59,9 @@ def _slowmo_outer_step(rank, world_size, slow_momentum, slow_lr):
     averaged, outputs = [], []
     outer_step = sync.outer_step
 
-    def spy():
+    def spy(fragment=None):
         averaged.append([p.detach().clone() for p in model.parameters()])
-        outer_step()
+        outer_step(fragment)
         outputs.append([p.detach().clone() for p in model.parameters()])
 
     sync.outer_step = spy
@@ -94,9 +94,9 @@ def _diloco_outer_step(rank, world_size):
     averaged = []
     original = sync.outer_step
 
-    def spy():
+    def spy(fragment=None):
         averaged.append([p.detach().clone() for p in model.parameters()])
-        original()
+        original(fragment)
 
     sync.outer_step = spy
     train_steps(sync, model, optimizer, rank, 3)

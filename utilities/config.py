@@ -130,8 +130,9 @@ class Config:
     dist_url: str = _field("", "init method such as tcp://host:port (default: from the launcher)")
     grad_compression: str = _field("none", "MBSGD: gradients sent in reduced precision, or PowerSGD rank-2 (DDP communication hooks)", ("none", "fp16", "bf16", "powersgd"))
     bucket_cap_mb: float = _field(25.0, "MBSGD: DDP gradient bucket size in MB")
-    overlap: bool = _field(False, "PLSGD/SlowMo: start the averaging all-reduce without blocking, apply it one local step later")
-    overlap_steps: int = _field(1, "--overlap: local steps the all-reduce may run behind before its average is applied")
+    overlap: bool = _field(False, "PLSGD/SlowMo/AdaptiveJ: start the averaging all-reduce without blocking, apply it --overlap-steps local steps later")
+    overlap_steps: Any = _field("auto", "--overlap: local steps the all-reduce may run behind before its average is applied (auto: the fewest that hide it, measured)")
+    fragments: int = _field(1, "PLSGD/SlowMo/DiLoCo/AdaptiveJ: average the state as this many fragments at staggered steps of each period (streaming)")
     sync_dtype: str = _field("fp32", "PLSGD/SlowMo/AdaptiveJ: send the change since the last sync in this precision, error kept locally", ("fp32", "bf16", "fp16"))
     hierarchy: list = _field([], "PLSGD: J_node J_global: average within each node every J_node steps, across nodes every J_global")
     ranks_per_node: int = _field(0, "ranks that share a node for --hierarchy (0 = from the launcher)")
@@ -157,6 +158,8 @@ def _scalar_type(f: dataclasses.Field):
         return int
     if f.name in ("warmup_start_lr",):
         return float
+    if f.name == "overlap_steps":  # an integer unless "auto"
+        return int
     return type(default)
 
 
@@ -175,6 +178,8 @@ def _coerce(name: str, value: Any) -> Any:
         if f.default is None:
             return None
         raise ConfigError(f"{_flag(name)}: a value is required")
+    if name == "overlap_steps" and str(value).strip().lower() == "auto":
+        return "auto"
     kind = _scalar_type(f)
     if kind is bool:
         if isinstance(value, bool):

@@ -54,7 +54,9 @@ def _range_text(low, high, low_allowed: bool) -> str:
 
 def check_basic_values(config, error_type) -> None:
     """Counts, ratios and finite numbers no run could use otherwise (the first checks config.validate runs)."""
-    positive = ("epochs", "batch_size", "overlap_steps", "eval_batch_size", "accumulation_steps", "max_micro_batch",
+    if config.overlap_steps != "auto" and config.overlap_steps < 1:
+        raise error_type(f"--overlap-steps must be at least 1 or auto, got {config.overlap_steps}")
+    positive = ("epochs", "batch_size", "fragments", "eval_batch_size", "accumulation_steps", "max_micro_batch",
                 "local_steps", "min_local_steps", "max_local_steps", "reference_batch", "eval_every",
                 "log_every", "synthetic_size", "workers_per_node", "image_size")
     for name in positive:

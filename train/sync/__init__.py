@@ -7,7 +7,8 @@ from train.sync.base import RunShape, Sync
 from train.sync.easgd import EASGD
 from train.sync.hogwild import LAPSGD, LPPSGD
 from train.sync.mbsgd import MBSGD
-from train.sync.plsgd import PLSGD, PostLocalSGD
+from train.sync.plsgd import PLSGD
+from train.sync.post_local import PostLocalSGD
 from train.sync.slowmo import DiLoCo, SlowMo
 from train.sync.torch_averager import TorchPeriodicAverager
 from utilities.distributed import CommMeter

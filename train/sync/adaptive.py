@@ -92,12 +92,12 @@ class AdaptiveJ(PLSGD):
         return {**settings, "controller": controller}
 
     def after_epoch(self, epoch: int, metrics: dict) -> dict:
-        super().after_epoch(epoch, metrics)
+        figures = super().after_epoch(epoch, metrics)
         if metrics.get("val_loss") is not None:
             decided = self.controller.update(epoch, metrics["val_loss"])
             self.local_steps = self.broadcast_decision(decided)
             self.controller.local_steps = self.local_steps
-        return {"local_steps": self.local_steps}
+        return {**figures, "local_steps": self.local_steps}
 
     def broadcast_decision(self, local_steps: int) -> int:
         if not is_distributed():

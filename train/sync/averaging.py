@@ -34,6 +34,7 @@ class Round(NamedTuple):
     message: torch.Tensor  # what was sent; the sum arrives in it
     work: object  # the all-reduce's handle
     begun: float  # time.perf_counter() when it began
+    has_control: bool  # the message carries one extra element after the state (overlap_depth's proposal)
 
 
 class Averager:
@@ -46,37 +47,50 @@ class Averager:
         self.reference = state.gather().clone() if self.wire_dtype is not None else None
         self.error = torch.zeros_like(self.reference) if self.wire_dtype is not None else None
         self.pending: Optional[Round] = None
+        self.done_after: Optional[int] = None  # steps after which poll() first saw the round in flight finished
+        self.waited = 0.0  # seconds the last completion waited
         # A rank that must stop (--on-nan stop) sends NaN: a non-finite average stops every rank at once.
         self.check_finite = check_finite
 
-    def begin(self, overlapping: bool = False) -> None:
+    def begin(self, overlapping: bool = False, control: Optional[float] = None) -> None:
         """Start the all-reduce of the current parameters without waiting for it. Only an overlapped
-        round keeps a snapshot: the parameters move before it completes."""
+        round keeps a snapshot: the parameters move before it completes. ``control``, when given,
+        travels as one extra element whose sum over ranks ``complete`` returns (see overlap_depth.py)."""
         if self.pending is not None:
             raise RuntimeError("an averaging round is still in flight; complete it before beginning another")
         current = self.state.gather()
         snapshot = current.clone() if overlapping else None
         if self.wire_dtype is None:
-            message = current.clone() if overlapping else current
+            message = current.clone() if overlapping and control is None else current
         else:
             change = current - self.reference + self.error
             message = change.to(self.wire_dtype)
             self.error = change - message.float()
+        if control is not None:
+            message = torch.cat([message, message.new_tensor([control])])
         work = dist.all_reduce(message, group=self.group, async_op=True)
-        self.pending = Round(snapshot, message, work, time.perf_counter())
+        self.pending = Round(snapshot, message, work, time.perf_counter(), control is not None)
+        self.done_after: Optional[int] = None
 
-    def complete(self, after_average=None) -> None:
+    def poll(self, steps_in_flight: int) -> None:
+        """Note, without waiting, whether the round in flight has finished after ``steps_in_flight`` steps."""
+        if self.pending is not None and self.done_after is None and self.pending.work.is_completed():
+            self.done_after = steps_in_flight
+
+    def complete(self, after_average=None) -> Optional[float]:
         """Wait for the round begun last, install the average (then ``after_average()``, e.g. an
         outer optimizer step), and keep whatever local progress was made in between."""
-        snapshot, message, work, begun = self.pending
+        snapshot, message, work, begun, has_control = self.pending
         self.pending = None
         waited = time.perf_counter()
         work.wait()
         # Held up: the whole round when blocking, only the tail when overlapped. In flight: until now.
         done = time.perf_counter()
+        self.waited = done - waited
         self.meter.record(message, done - waited, done - begun)
         progress = self.state.gather() - snapshot if snapshot is not None else None
-        mean = message.float().div_(dist.get_world_size(self.group))
+        control = float(message[-1]) if has_control else None
+        mean = (message[:-1] if has_control else message).float().div_(dist.get_world_size(self.group))
         if self.check_finite and not bool(torch.isfinite(mean).all()):
             raise TrainingDiverged("the averaged model is not finite: a rank's loss diverged (or one was stopped by "
                                    "--on-nan stop); lower --lr, add --warmup-epochs, or pass --on-nan skip")
@@ -88,6 +102,7 @@ class Averager:
             self.reference = self.state.gather().clone()
         if progress is not None:
             self.state.scatter(self.state.gather().add_(progress))
+        return control
 
     def average(self, after_average=None) -> None:
         """One blocking round."""
@@ -104,18 +119,23 @@ class Averager:
         state = {"reference": self.reference, "error": self.error}
         if self.pending is not None:  # a mid-epoch checkpoint with an overlapped round in flight
             self.pending.work.wait()  # the transfer ends now; the round stays open and completes after the resume
-            state["pending"] = {"snapshot": self.pending.snapshot, "message": self.pending.message}
+            state["pending"] = {"snapshot": self.pending.snapshot, "message": self.pending.message,
+                                "control": self.pending.has_control}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.reference, self.error = state["reference"], state["error"]
         pending = state.get("pending")
         self.pending = None if pending is None else Round(pending["snapshot"], pending["message"], _FinishedWork(),
-                                                          time.perf_counter())
+                                                          time.perf_counter(), pending.get("control", False))
+        self.done_after = None
 
 
 class _FinishedWork:
     """Stands for the all-reduce of a round restored from a checkpoint: its result is already in the message."""
 
     def wait(self) -> bool:
+        return True
+
+    def is_completed(self) -> bool:
         return True

@@ -1,18 +1,18 @@
-"""Local SGD (PLSGD) and post-local SGD.
+"""Local SGD (PLSGD).
 
-PLSGD: every rank takes J optimizer steps on its own shard, then the parameters (and
+Every rank takes J optimizer steps on its own shard, then the parameters (and
 BatchNorm statistics) are averaged with one all-reduce over a flat buffer (Stich 2019;
 Lin et al. 2020). Averaging happens in ``after_step``, after the optimizer has stepped,
 never inside ``optimizer.step``: every rank makes the same steps, so the same collectives.
 
-PostLocalSGD (Lin et al. 2020, "Don't use large mini-batches, use local SGD", sec. 3):
-mini-batch SGD (gradients averaged every step) until the switch point, local SGD after.
+Post-local SGD, local SGD after a phase of mini-batch SGD, is in train.sync.post_local.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Optional
 
 import torch
@@ -20,7 +20,9 @@ import torch.distributed as dist
 
 from train.sync.base import RunShape, Sync
 from train.sync.averaging import Averager
-from utilities.distributed import CommMeter, all_reduce_mean, is_distributed, world_size
+from train.sync.fragments import StreamedFragments
+from train.sync.overlap_depth import AUTO, AutoDepth
+from utilities.distributed import CommMeter, is_distributed, world_size
 from utilities.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 MOMENTUM_SYNC = ("local", "reset", "average")
@@ -35,7 +37,7 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
         buffer.scatter()
 
 
-AVERAGING_OPTIONS = ("overlap", "overlap_steps", "sync_dtype", "hierarchy", "ranks_per_node")
+AVERAGING_OPTIONS = ("overlap", "overlap_steps", "sync_dtype", "hierarchy", "ranks_per_node", "fragments")
 
 
 class PLSGD(Sync):
@@ -43,7 +45,7 @@ class PLSGD(Sync):
 
     def __init__(self, meter: CommMeter, local_steps: int, average_buffers: bool = True,
                  momentum_sync: str = "local", overlap: bool = False, sync_dtype: str = "fp32",
-                 hierarchy: Optional[tuple] = None, ranks_per_node: int = 0, overlap_steps: int = 1):
+                 hierarchy: Optional[tuple] = None, ranks_per_node: int = 0, overlap_steps=1, fragments: int = 1):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
@@ -57,8 +59,16 @@ class PLSGD(Sync):
             if overlap or sync_dtype != "fp32":
                 raise ValueError("hierarchy cannot be combined with overlap or a reduced sync_dtype")
             local_steps = global_steps
-        if overlap and not 1 <= overlap_steps < local_steps:
+        if overlap and overlap_steps == AUTO and local_steps < 2:
+            raise ValueError("overlap needs local_steps of at least 2 (a round may run at most J - 1 steps behind)")
+        if overlap and overlap_steps != AUTO and not 1 <= overlap_steps < local_steps:
             raise ValueError(f"overlap_steps must be at least 1 and below local_steps ({local_steps}), got {overlap_steps}")
+        check_fragments(fragments, local_steps, hierarchy, momentum_sync)
+        self.fragments = fragments
+        self.streamer: Optional[StreamedFragments] = None
+        # --overlap-steps auto starts as deep as J allows (hidden at once) and comes down once rounds are measured.
+        self.auto_depth = AutoDepth(max(1, local_steps - 1)) if overlap and overlap_steps == AUTO else None
+        self.step_ended: Optional[float] = None
         self.local_steps = local_steps
         self.overlap_steps = overlap_steps
         self.average_buffers = average_buffers
@@ -77,7 +87,9 @@ class PLSGD(Sync):
         self.model, self.optimizer = model, optimizer
         broadcast_from_rank0(model)
         self.state = FlatBuffer(floating_state(model, self.average_buffers))
-        if is_distributed():
+        if is_distributed() and self.fragments > 1:
+            self.streamer = StreamedFragments(self, self.state.tensors, self.fragments, self.meter, self.sync_dtype)
+        elif is_distributed():
             self.averager = Averager(self.state, self.meter, self.sync_dtype)
             if self.hierarchy is not None:
                 if dist.get_world_size() % self.ranks_per_node:
@@ -89,9 +101,19 @@ class PLSGD(Sync):
 
     def after_step(self, step: int) -> None:
         self.steps += 1
+        self.record_step_time()
+        if self.streamer is not None:
+            self.streamer.after_step()
+        else:
+            self.whole_state_rounds()
+        self.step_ended = time.perf_counter()
+
+    def whole_state_rounds(self) -> None:
         self.steps_since_sync += 1
-        if self.round_in_flight() and self.steps_since_sync >= self.overlap_depth():
-            self.complete_round()  # the all-reduce begun --overlap-steps local steps ago
+        if self.round_in_flight():
+            self.averager.poll(self.steps_since_sync)
+            if self.steps_since_sync >= self.overlap_depth():
+                self.complete_round()  # the all-reduce begun --overlap-steps local steps ago
         if self.steps_since_sync >= self.local_steps:
             self.synchronize()
         elif self.hierarchy is not None and self.steps % self.hierarchy[0] == 0 and is_distributed():
@@ -99,15 +121,42 @@ class PLSGD(Sync):
             self.node_averager.average()  # within the node only: the fast link
 
     def round_in_flight(self) -> bool:
+        if self.streamer is not None:
+            return self.streamer.in_flight()
         return getattr(self, "averager", None) is not None and self.averager.pending is not None
 
     def replicas_agree_now(self) -> bool:
         """Parameters and buffers alike on every rank (buffers kept per rank never are, until the end)."""
+        if self.streamer is not None:
+            return self.streamer.all_synced() and self.average_buffers
         return self.steps_since_sync == 0 and not self.round_in_flight() and self.average_buffers
 
     def overlap_depth(self) -> int:
-        """Local steps a round stays in flight: --overlap-steps, below J (AdaptiveJ may shrink J)."""
-        return min(self.overlap_steps, self.local_steps - 1) if self.overlap else 0
+        """Local steps a round stays in flight: --overlap-steps (or the agreed automatic depth), below J
+        (AdaptiveJ may shrink J)."""
+        if not self.overlap:
+            return 0
+        depth = self.auto_depth.depth if self.auto_depth is not None else self.overlap_steps
+        return max(0, min(depth, self.local_steps - 1))
+
+    def record_step_time(self) -> None:
+        if self.auto_depth is not None and self.step_ended is not None:
+            self.auto_depth.record_step(time.perf_counter() - self.step_ended)
+
+    def depth_proposal(self) -> Optional[float]:
+        """The element an overlapped round carries under --overlap-steps auto: rank 0's proposed depth,
+        0 from the others, so its sum is rank 0's proposal everywhere (see overlap_depth.py)."""
+        if self.auto_depth is None:
+            return None
+        return float(self.auto_depth.proposal()) if dist.get_rank() == 0 else 0.0
+
+    def round_completed(self, averager: Averager, steps_in_flight: int, control: Optional[float]) -> None:
+        if self.auto_depth is not None and control is not None:
+            self.auto_depth.record_round(steps_in_flight, averager.done_after, averager.waited)
+            self.auto_depth.adopt(control)
+
+    def after_epoch(self, epoch: int, metrics: dict) -> dict:
+        return {"overlap_steps": self.overlap_depth()} if self.overlap else {}
 
     def synchronize(self, blocking: bool = False) -> None:
         """One averaging round across all ranks: parameters (+ buffers) in one all-reduce, then the
@@ -117,16 +166,26 @@ class PLSGD(Sync):
             return
         self.meter.count_round()
         overlapping = self.overlap_depth() > 0 and not blocking
-        self.averager.begin(overlapping)
+        self.averager.begin(overlapping, self.depth_proposal() if overlapping else None)
         if not overlapping:
             self.complete_round()
 
     def complete_round(self) -> None:
-        self.averager.complete(self.after_average)
+        control = self.averager.complete(self.after_average)
+        self.round_completed(self.averager, self.steps_since_sync, control)
 
-    def after_average(self) -> None:
-        """What follows the averaging itself (SlowMo's outer step; the momentum rule)."""
-        self.apply_momentum_rule()
+    def after_average(self, fragment=None) -> None:
+        """What follows the averaging itself (SlowMo's outer step; the momentum rule), for the whole
+        state or for one streamed fragment (fragments keep momentum local: check_fragments)."""
+        if fragment is None:
+            self.apply_momentum_rule()
+
+    def restart_reduced_precision(self) -> None:
+        """Make the current (agreed) parameters the reference of later reduced-precision changes."""
+        if self.streamer is not None:
+            self.streamer.restart_from_current()
+        elif getattr(self, "averager", None) is not None:
+            self.averager.restart_from_current()
 
     def apply_momentum_rule(self) -> None:
         if self.momentum_sync == "local":
@@ -143,7 +202,9 @@ class PLSGD(Sync):
             FlatBuffer(buffers).average(self.meter)
 
     def settle(self) -> None:
-        if self.round_in_flight():
+        if self.streamer is not None:
+            self.streamer.settle()
+        elif self.round_in_flight():
             self.complete_round()  # nothing in flight across an epoch boundary (evaluation, checkpoints)
 
     @contextlib.contextmanager
@@ -156,7 +217,9 @@ class PLSGD(Sync):
 
     def finish(self) -> None:
         self.settle()
-        if self.steps_since_sync:
+        if self.streamer is not None:
+            self.streamer.synchronize_rest()
+        elif self.steps_since_sync:
             self.synchronize(blocking=True)
         buffers = [b for b in self.model.buffers() if b.is_floating_point()]
         if not self.average_buffers and buffers and is_distributed():
@@ -167,12 +230,20 @@ class PLSGD(Sync):
         state = {"steps_since_sync": self.steps_since_sync, "local_steps": self.local_steps, "steps": self.steps}
         if getattr(self, "averager", None) is not None:
             state["averager"] = self.averager.state_dict()
+        if self.streamer is not None:
+            state["fragments"] = self.streamer.state_dict()
+        if self.auto_depth is not None:
+            state["auto_depth"] = self.auto_depth.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.steps_since_sync, self.local_steps, self.steps = state["steps_since_sync"], state["local_steps"], state["steps"]
         if "averager" in state and getattr(self, "averager", None) is not None:
             self.averager.load_state_dict(state["averager"])
+        if self.streamer is not None:
+            self.streamer.load_state_dict(state["fragments"])
+        if self.auto_depth is not None and "auto_depth" in state:
+            self.auto_depth.load_state_dict(state["auto_depth"])
 
 
 def averaging_options(config) -> dict:
@@ -186,54 +257,14 @@ def averaging_options(config) -> dict:
         raise ValueError(f"--hierarchy: {world_size()} ranks do not split into nodes of {ranks_per_node} "
                          f"(--ranks-per-node); give a divisor of the number of ranks")
     return {"overlap": config.overlap, "sync_dtype": config.sync_dtype, "hierarchy": hierarchy,
-            "ranks_per_node": ranks_per_node, "overlap_steps": config.overlap_steps}
+            "ranks_per_node": ranks_per_node, "overlap_steps": config.overlap_steps, "fragments": config.fragments}
 
 
-class PostLocalSGD(PLSGD):
-    OPTIONS = (*PLSGD.OPTIONS, "switch_epoch", "switch_step")
-
-    def __init__(self, meter: CommMeter, local_steps: int, switch_step: int, average_buffers: bool = True,
-                 momentum_sync: str = "local", **averaging):
-        super().__init__(meter, local_steps, average_buffers, momentum_sync, **averaging)
-        if switch_step < 0:
-            raise ValueError(f"switch_step must not be negative, got {switch_step}")
-        self.switch_step = switch_step
-
-    @classmethod
-    def settings(cls, config, shape: RunShape) -> dict:
-        settings = super().settings(config, shape)
-        switch_epoch = settings.pop("switch_epoch")
-        if switch_epoch >= 0:
-            settings["switch_step"] = switch_epoch * shape.steps_per_epoch
-        elif settings["switch_step"] < 0:
-            raise ValueError("PostLocalSGD needs --switch-epoch or --switch-step")
-        return settings
-
-    def before_step(self, step: int) -> None:
-        if step >= self.switch_step or not is_distributed():
-            return
-        # Phase 1 is mini-batch SGD: average the gradients, one all-reduce per step.
-        # Built each step: the optimizer may replace the .grad tensors (zero_grad(set_to_none=True)).
-        gradients = FlatBuffer([p.grad for p in self.model.parameters() if p.grad is not None])
-        self.meter.count_round()
-        all_reduce_mean(gradients.gather(), self.meter)
-        gradients.scatter()
-
-    def gradients_shared(self, step: int) -> bool:
-        return step < self.switch_step and is_distributed()
-
-    def after_step(self, step: int) -> None:
-        if step < self.switch_step:
-            # Gradients were averaged, so parameters agree; BatchNorm statistics still need it.
-            if self.phase_one_buffers is not None:
-                self.phase_one_buffers.average(self.meter)
-            if step + 1 == self.switch_step and getattr(self, "averager", None) is not None:
-                self.averager.restart_from_current()  # reduced-precision changes count from the switch
-            return
-        super().after_step(step)
-
-    def prepare(self, model, optimizer):
-        model = super().prepare(model, optimizer)
-        buffers = [b for b in model.buffers() if b.is_floating_point()]
-        self.phase_one_buffers = FlatBuffer(buffers) if buffers and self.average_buffers and is_distributed() else None
-        return model
+def check_fragments(fragments: int, local_steps: int, hierarchy: Optional[tuple], momentum_sync: str) -> None:
+    if not 1 <= fragments <= local_steps:
+        raise ValueError(f"fragments must be between 1 and local_steps ({local_steps}): one fragment begins every "
+                         f"J / F steps; got {fragments}")
+    if fragments > 1 and hierarchy is not None:
+        raise ValueError("fragments cannot be combined with hierarchy")
+    if fragments > 1 and momentum_sync != "local":
+        raise ValueError("fragments keep the optimizer's momentum local: use momentum_sync local")

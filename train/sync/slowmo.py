@@ -25,6 +25,13 @@ from utilities.distributed import CommMeter
 OuterOptimizerFactory = Callable[[list], torch.optim.Optimizer]
 
 
+def fragment_views(tensors: list, fragment) -> list:
+    """``tensors`` (one per parameter), or with a streamed fragment only the parameter elements in it."""
+    if fragment is None:
+        return tensors
+    return [tensors[i].view(-1)[start:stop] for i, start, stop in fragment.pieces if i < len(tensors)]
+
+
 class OuterStepSGD(PLSGD):
     def __init__(self, meter: CommMeter, local_steps: int, outer_optimizer: OuterOptimizerFactory,
                  average_buffers: bool = True, momentum_sync: str = "local", **averaging):
@@ -36,23 +43,32 @@ class OuterStepSGD(PLSGD):
         self.parameters = [p.data for p in model.parameters()]
         self.start = [torch.nn.Parameter(p.clone(), requires_grad=False) for p in self.parameters]  # x_start
         self.outer_optimizer = self.make_outer_optimizer(self.start)
+        # Streamed fragments: one outer optimizer per fragment, over views of the period-start copy.
+        self.fragment_optimizers = [
+            self.make_outer_optimizer([torch.nn.Parameter(view, requires_grad=False)
+                                       for view in fragment_views(self.start, fragment)])
+            for fragment in (self.streamer.fragments if self.streamer is not None else [])]
         return model
 
-    def after_average(self) -> None:
-        self.outer_step()
-        super().after_average()
+    def after_average(self, fragment=None) -> None:
+        self.outer_step(fragment)
+        super().after_average(fragment)
 
-    def outer_step(self) -> None:
+    def outer_step(self, fragment=None) -> None:
+        """The outer optimizer's step on the pseudo-gradient of the whole state or of one streamed fragment."""
+        optimizer = self.outer_optimizer if fragment is None else self.fragment_optimizers[fragment.index]
+        starts = [p for group in optimizer.param_groups for p in group["params"]]
         with torch.no_grad():
-            for x, start in zip(self.parameters, self.start):
+            for x, start in zip(fragment_views(self.parameters, fragment), starts):
                 start.grad = start - x  # pseudo-gradient: x_start - x_avg
-            self.outer_optimizer.step()
-            for x, start in zip(self.parameters, self.start):
+            optimizer.step()
+            for x, start in zip(fragment_views(self.parameters, fragment), starts):
                 x.copy_(start)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "start": [p.data for p in self.start],
-                "outer_optimizer": self.outer_optimizer.state_dict()}
+                "outer_optimizer": self.outer_optimizer.state_dict(),
+                "fragment_optimizers": [optimizer.state_dict() for optimizer in self.fragment_optimizers]}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -60,6 +76,8 @@ class OuterStepSGD(PLSGD):
             for mine, saved in zip(self.start, state["start"]):
                 mine.copy_(saved)
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        for optimizer, saved in zip(self.fragment_optimizers, state.get("fragment_optimizers", [])):
+            optimizer.load_state_dict(saved)
 
 
 class SlowMomentum(torch.optim.Optimizer):
@@ -103,13 +121,13 @@ class SlowMo(OuterStepSGD):
     def inner_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def outer_step(self) -> None:
+    def outer_step(self, fragment=None) -> None:
         if self.inner_lr() <= 0:  # no inner progress to scale (e.g. warmup from 0): keep the average
             with torch.no_grad():
-                for x, start in zip(self.parameters, self.start):
+                for x, start in zip(fragment_views(self.parameters, fragment), fragment_views(self.start, fragment)):
                     start.copy_(x)
             return
-        super().outer_step()
+        super().outer_step(fragment)
 
 
 class DiLoCo(OuterStepSGD):

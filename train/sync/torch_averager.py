@@ -21,7 +21,7 @@ class TorchPeriodicAverager(PLSGD):
     statistics; they are averaged here as in PLSGD, so only the parameter path differs."""
 
     OPTIONS = ("local_steps", "average_buffers", "momentum_sync")
-    REFUSED_OPTIONS = ("overlap", "sync_dtype", "hierarchy")
+    REFUSED_OPTIONS = ("overlap", "sync_dtype", "hierarchy", "fragments")
     refusal_hint = "it runs torch's blocking fp32 averager; use --training-type PLSGD for these"
 
     def prepare(self, model, optimizer):
