@@ -8,7 +8,7 @@ import torch
 
 from dataloaders.imagenet import FolderEvalBatches, FolderTrainBatches, imagenet_splits
 from dataloaders.loader import EvalBatches, Normalizer, TrainBatches, shard_indices, to_device  # noqa: F401
-from dataloaders.partition import dirichlet_shards
+from dataloaders.dirichlet_shards import dirichlet_shards
 from dataloaders.sources import IN_MEMORY_SOURCES, DataError, RawData, load_raw  # noqa: F401
 from dataloaders.validate import check_shards
 
@@ -46,7 +46,7 @@ def build_data(dataset: str, *, batch_size: int, data_dir: str = ".", download: 
                image_size: int = 224, loader_workers: int = 4, local_rank: int = 0, workers_per_rank: int = 1,
                wait_seconds: float = 300.0) -> Data:
     """The train/val/test splits of ``dataset``, with this rank's shard of the training split.
-    ``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.partition); 0 gives iid shards.
+    ``dirichlet_alpha`` > 0 gives label-skewed non-iid shards (dataloaders.dirichlet_shards); 0 gives iid shards.
     ``imagenet_dir``, ``image_size`` and ``loader_workers`` are for ``dataset='imagenet'`` only.
     ``workers_per_rank`` Hogwild workers split a rank's shard; ``local_rank`` 0 alone downloads."""
     if dataset == "imagenet":

@@ -85,7 +85,7 @@ class TrainBatches:
         self.images, self.labels, self.normalizer = images, labels, normalizer
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.augment, self.flip = augment, flip
-        self.fixed_shard = fixed_shard  # non-iid: this rank's indices for the whole run (dataloaders.partition)
+        self.fixed_shard = fixed_shard  # non-iid: this rank's indices for the whole run (dataloaders.dirichlet_shards)
         self.shard_size = len(images) // world_size if fixed_shard is None else len(fixed_shard)
         self.steps_per_epoch = self.shard_size // batch_size
 

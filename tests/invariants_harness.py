@@ -91,7 +91,7 @@ def install(probe: Probe, inject_nan_at: int = -1) -> None:
     import train.loop as loop
     import train.sync.hogwild as hogwild
     import train.sync.plsgd as plsgd
-    import utilities.flat_buffer as flat_buffer
+    import train.sync.flat_buffer as flat_buffer
 
     for name in COLLECTIVES:
         if hasattr(dist, name):

@@ -12,7 +12,7 @@ from tests.harness import check_ok, metrics, run_main, spawn_ranks, summary
 from train.schedules import Schedule
 from train.sync.hogwild import LAPSGD
 from train.sync.hogwild_worker import hogwild_step
-from train.sync.partition import balanced_blocks
+from train.sync.layer_blocks import balanced_blocks
 from utilities.distributed import CommMeter, replicas_identical
 
 

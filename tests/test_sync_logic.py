@@ -15,7 +15,7 @@ from train.sync.averaging import Averager
 from train.sync.plsgd import PLSGD
 from train.sync.slowmo import SlowMo
 from utilities.distributed import CommMeter
-from utilities.flat_buffer import FlatBuffer, floating_state
+from train.sync.flat_buffer import FlatBuffer, floating_state
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from train.sync.base import TrainingDiverged
 from utilities.distributed import CommMeter
-from utilities.flat_buffer import FlatBuffer
+from train.sync.flat_buffer import FlatBuffer
 
 WIRE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

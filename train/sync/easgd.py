@@ -27,7 +27,7 @@ from train.sync.averaging import Averager
 from train.sync.base import RunShape, Sync
 from train.sync.plsgd import broadcast_from_rank0
 from utilities.distributed import CommMeter, is_distributed, world_size
-from utilities.flat_buffer import FlatBuffer, floating_state
+from train.sync.flat_buffer import FlatBuffer, floating_state
 
 DEFAULT_BETA = 0.9  # p * alpha, as the paper suggests
 

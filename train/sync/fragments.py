@@ -17,7 +17,7 @@ check for a stopped rank) works on it unchanged.
 from __future__ import annotations
 
 from train.sync.averaging import Averager
-from utilities.flat_buffer import FlatBuffer
+from train.sync.flat_buffer import FlatBuffer
 
 
 def split_pieces(sizes: list, count: int) -> list:

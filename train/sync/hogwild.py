@@ -29,10 +29,10 @@ from dataloaders import TrainBatches
 from train.sync.base import RunShape, Sync
 from train.sync.hogwild_watch import WorkerWatch
 from train.sync.hogwild_worker import WorkerSpec, worker_main
-from train.sync.partition import balanced_blocks
+from train.sync.layer_blocks import balanced_blocks
 from train.sync.plsgd import broadcast_from_rank0
 from utilities.distributed import CommMeter, all_reduce_sum, is_distributed
-from utilities.flat_buffer import FlatBuffer, averaged_copy, floating_state
+from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 POLL_SECONDS = 0.002  # how often the averager looks at the node's step counter
 

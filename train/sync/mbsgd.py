@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train.sync.base import Sync
 from utilities.distributed import CommMeter, is_distributed
-from utilities.flat_buffer import FlatBuffer
+from train.sync.flat_buffer import FlatBuffer
 
 
 # Newer torch names DDP's per-forward buffer broadcast forward_sync_buffers (and deprecates broadcast_buffers);

@@ -23,7 +23,7 @@ from train.sync.averaging import Averager
 from train.sync.fragments import StreamedFragments
 from train.sync.overlap_depth import AUTO, AutoDepth
 from utilities.distributed import CommMeter, is_distributed, world_size
-from utilities.flat_buffer import FlatBuffer, averaged_copy, floating_state
+from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 MOMENTUM_SYNC = ("local", "reset", "average")
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")

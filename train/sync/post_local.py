@@ -6,7 +6,7 @@ from __future__ import annotations
 from train.sync.base import RunShape
 from train.sync.plsgd import PLSGD
 from utilities.distributed import CommMeter, all_reduce_mean, is_distributed
-from utilities.flat_buffer import FlatBuffer
+from train.sync.flat_buffer import FlatBuffer
 
 
 class PostLocalSGD(PLSGD):

@@ -12,7 +12,7 @@ from train.sync.averaging import Averager
 from train.sync.base import TrainingDiverged
 from train.sync.plsgd import PLSGD
 from utilities.distributed import is_distributed
-from utilities.flat_buffer import FlatBuffer, floating_state
+from train.sync.flat_buffer import FlatBuffer, floating_state
 
 
 class TorchPeriodicAverager(PLSGD):

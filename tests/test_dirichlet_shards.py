@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dataloaders import build_data
-from dataloaders.partition import dirichlet_shards
+from dataloaders.dirichlet_shards import dirichlet_shards
 from tests.harness import TINY, check_ok, run_main, summary
 
 LABELS = torch.arange(10).repeat_interleave(600)[torch.randperm(6000, generator=torch.Generator().manual_seed(3))]
