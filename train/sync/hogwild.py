@@ -84,6 +84,11 @@ class LAPSGD(Sync):
         self.world_size = dist.get_world_size() if is_distributed() else 1
         return model
 
+    def node_step_count(self) -> int:
+        """The node's step count, read without its lock: a worker stopped while holding it (SIGSTOP) must not
+        stall the rank, whose watch has to notice that worker. Reading one aligned 64-bit value is atomic."""
+        return self.node_steps.get_obj().value
+
     def worker_blocks(self) -> list:
         return [None] * self.workers
 
@@ -108,7 +113,7 @@ class LAPSGD(Sync):
     def train_epoch(self, epoch: int, batches, device) -> dict:
         if not self.processes:
             self.start_workers(batches)
-        lr = self.schedule.lr_at(self.node_steps.value)
+        lr = self.schedule.lr_at(self.node_step_count())
         steps_during_rounds_before = self.steps_during_rounds
         self.interval = 1 if epoch < self.pre_post_epochs else self.local_steps
         started = time.perf_counter()
@@ -130,12 +135,12 @@ class LAPSGD(Sync):
         loss, correct, images = all_reduce_sum([sum(r.loss_sum for r in reports.values()),
                                                 sum(r.correct for r in reports.values()),
                                                 sum(r.images for r in reports.values())], device)
-        return {"step": self.node_steps.value, "lr": lr, "train_loss": loss / images, "train_accuracy": correct / images,
+        return {"step": self.node_step_count(), "lr": lr, "train_loss": loss / images, "train_accuracy": correct / images,
                 "images_per_second": images / seconds, "train_seconds": seconds,
                 "node_steps_during_sync": self.steps_during_rounds - steps_during_rounds_before}
 
     def average_when_due(self, workers_idle: bool = False) -> None:
-        while self.node_steps.value - self.synced_at >= self.interval:
+        while self.node_step_count() - self.synced_at >= self.interval:
             self.synced_at += self.interval
             self.average_in_place(workers_idle)
 
@@ -146,7 +151,7 @@ class LAPSGD(Sync):
         self.meter.count_round()
         snapshot = self.state.gather()
         average = snapshot.clone()
-        steps_before = self.node_steps.value
+        steps_before = self.node_step_count()
         started = time.perf_counter()
         self.all_reduce(average)
         seconds = time.perf_counter() - started
@@ -158,14 +163,14 @@ class LAPSGD(Sync):
             for tensor, before, mean in zip(self.state.tensors, torch.split(snapshot, sizes), torch.split(average, sizes)):
                 # live - snapshot is what the workers did meanwhile (exactly 0 if nothing): keep it on the mean.
                 tensor.sub_(before.view_as(tensor)).add_(mean.view_as(tensor))
-        self.steps_during_rounds += self.node_steps.value - steps_before
+        self.steps_during_rounds += self.node_step_count() - steps_before
         if workers_idle:
-            self.identical_at = self.node_steps.value
+            self.identical_at = self.node_step_count()
 
     @contextlib.contextmanager
     def eval_model(self):
         """Workers are idle between epochs; nodes differ until the next round, so evaluate their average."""
-        if self.node_steps.value == self.identical_at or not is_distributed():
+        if self.node_step_count() == self.identical_at or not is_distributed():
             yield self.model
             return
         yield averaged_copy(self.model)
@@ -179,13 +184,13 @@ class LAPSGD(Sync):
             if process.is_alive():
                 process.kill()
         self.processes = []
-        if self.node_steps.value != self.identical_at and is_distributed():
-            self.synced_at = self.identical_at = self.node_steps.value
+        if self.node_step_count() != self.identical_at and is_distributed():
+            self.synced_at = self.identical_at = self.node_step_count()
             self.meter.count_round()
             self.state.average(self.meter)  # no worker runs now: copy the average itself, bit for bit
 
     def state_dict(self) -> dict:
-        return {"node_steps": self.node_steps.value, "synced_at": self.synced_at, "identical_at": self.identical_at,
+        return {"node_steps": self.node_step_count(), "synced_at": self.synced_at, "identical_at": self.identical_at,
                 "steps_during_rounds": self.steps_during_rounds, "worker_states": self.worker_states}
 
     def load_state_dict(self, state: dict) -> None:

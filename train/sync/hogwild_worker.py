@@ -66,14 +66,14 @@ def hogwild_step(model, optimizer, inputs, targets, parameters, block) -> tuple:
     return loss.detach().double() * len(targets), (logits.detach().argmax(dim=1) == targets).sum()
 
 
-def take_step(node_steps, max_steps: int) -> bool:
-    """Claim the node's next step (False once --max-steps are taken); the claim is atomic, so the node
-    takes exactly max_steps steps however many workers race for the last ones."""
+def take_step(node_steps, max_steps: int) -> Optional[int]:
+    """Claim the node's next step and return its number (None once --max-steps are taken); the claim is
+    atomic, so the node takes exactly max_steps steps however many workers race for the last ones."""
     with node_steps.get_lock():
         if max_steps and node_steps.value >= max_steps:
-            return False
+            return None
         node_steps.value += 1
-        return True
+        return node_steps.value - 1
 
 
 def host_copy(state):
@@ -109,9 +109,10 @@ def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, comman
         correct = torch.zeros((), dtype=torch.int64, device=device)
         images = 0
         for step, (inputs, targets) in enumerate(train.epoch(epoch)):
-            if not take_step(node_steps, spec.max_steps):
+            node_step = take_step(node_steps, spec.max_steps)
+            if node_step is None:
                 break
-            lr = spec.schedule.lr_at(node_steps.value - 1)
+            lr = spec.schedule.lr_at(node_step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # After the prepass, partitioned steps alternate with full steps (LPP-SGD).
