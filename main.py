@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 import sys
 
+# isort: off
+from utilities import early_signals  # noqa: F401 (first: it records stop signals during the slow imports below)
+# isort: on
+
 import torch
 
 from dataloaders import DataError

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from utilities import early_signals
 from utilities.distributed import is_distributed
 
 # EX_TEMPFAIL of sysexits.h: a temporary failure, run again (with --resume auto) to continue.
@@ -23,7 +24,7 @@ PREEMPTED_EXIT_CODE = 75
 # Steps between agreements: one 8-byte all-reduce per 10 steps is noise next to a step's own
 # traffic, and 10 steps take far less than the 120 s warning a scheduler gives.
 AGREE_EVERY_STEPS = 10
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = early_signals.STOP_SIGNALS
 
 
 class Preempted(Exception):
@@ -47,6 +48,7 @@ class PreemptionWatch:
         """Catch the stop signals (main thread only, as Python requires)."""
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, self.on_signal)
+        self.received = self.received or early_signals.first_received()
         return self
 
     def on_signal(self, signum, frame) -> None:
