@@ -57,8 +57,11 @@ def resume_or_begin(config: Config, trainer: Trainer, parts: RunParts, files: Ru
     """Load the checkpoint to continue from (checked against today's settings), then, with every input
     checked, touch the output folder for the first time. Returns (resumed, settings changed on resume)."""
     state = resume_state(config.resume, files.checkpoints, trainer.rank, trainer.device)
-    changes = {} if state is None else check_resume_settings(state.get("identity") or {}, trainer.identity,
-                                                              config.allow_config_change)
+    changes = (
+        {}
+        if state is None
+        else check_resume_settings(state.get("identity") or {}, trainer.identity, config.allow_config_change)
+    )
     if trainer.is_main:
         clear_for_new_run(files.directory, files.checkpoints, config.overwrite)
     if state is not None:
@@ -67,24 +70,49 @@ def resume_or_begin(config: Config, trainer: Trainer, parts: RunParts, files: Ru
     return state is not None, changes
 
 
-def write_run_config(config: Config, trainer: Trainer, parts: RunParts, files: RunFiles, resumed: bool,
-                     changes: dict, launch: distributed.LaunchInfo, backend: str) -> None:
+def write_run_config(
+    config: Config,
+    trainer: Trainer,
+    parts: RunParts,
+    files: RunFiles,
+    resumed: bool,
+    changes: dict,
+    launch: distributed.LaunchInfo,
+    backend: str,
+) -> None:
     history = change_history(files.path("config.yaml"), trainer.progress.epoch, changes)
-    files.write_config(config.to_dict(), {"run": {
-        "code_version": code_version(), "torch_version": str(torch.__version__), "launcher": launch.launcher,
-        "world_size": launch.world_size, "backend": backend if launch.world_size > 1 else "none",
-        "device": str(trainer.device), "global_batch": config.batch_size * launch.world_size,
-        "peak_lr": parts.peak_lr, "steps_per_epoch": parts.data.train.steps_per_epoch,
-        "micro_batches": parts.settings.micro_batches, "train_size": parts.data.train_size,
-        "resumed_from_epoch": trainer.progress.epoch}, **({"config_changes": history} if history else {})})
+    files.write_config(
+        config.to_dict(),
+        {
+            "run": {
+                "code_version": code_version(),
+                "torch_version": str(torch.__version__),
+                "launcher": launch.launcher,
+                "world_size": launch.world_size,
+                "backend": backend if launch.world_size > 1 else "none",
+                "device": str(trainer.device),
+                "global_batch": config.batch_size * launch.world_size,
+                "peak_lr": parts.peak_lr,
+                "steps_per_epoch": parts.data.train.steps_per_epoch,
+                "micro_batches": parts.settings.micro_batches,
+                "train_size": parts.data.train_size,
+                "resumed_from_epoch": trainer.progress.epoch,
+            },
+            **({"config_changes": history} if history else {}),
+        },
+    )
     if trainer.is_main:
         progress = trainer.progress
         where = (f", resuming after epoch {progress.epoch}" if resumed else "") + (
-            f" step {progress.step} (mid-epoch)" if progress.epoch_partial else "")
-        print(f"{config.training_type} on {launch.world_size} rank(s) via {launch.launcher} ({backend}, "
-              f"{trainer.device}): {config.model} on {config.dataset}, {parts.settings.epochs} epochs x "
-              f"{parts.data.train.steps_per_epoch} steps, global batch {config.batch_size * launch.world_size}, "
-              f"peak lr {parts.peak_lr:.4g}{where}", file=sys.stderr)
+            f" step {progress.step} (mid-epoch)" if progress.epoch_partial else ""
+        )
+        print(
+            f"{config.training_type} on {launch.world_size} rank(s) via {launch.launcher} ({backend}, "
+            f"{trainer.device}): {config.model} on {config.dataset}, {parts.settings.epochs} epochs x "
+            f"{parts.data.train.steps_per_epoch} steps, global batch {config.batch_size * launch.world_size}, "
+            f"peak lr {parts.peak_lr:.4g}{where}",
+            file=sys.stderr,
+        )
 
 
 def write_outputs(config: Config, trainer: Trainer, summary, files: RunFiles, launch: distributed.LaunchInfo) -> None:
@@ -92,15 +120,20 @@ def write_outputs(config: Config, trainer: Trainer, summary, files: RunFiles, la
         write_results(files.directory, trainer.progress.rows, config, launch.world_size)
     if summary is None:
         if trainer.is_main:
-            print(f"stopped after epoch {trainer.progress.epoch} (--epochs-per-job); continue with --resume auto",
-                  file=sys.stderr)
+            print(
+                f"stopped after epoch {trainer.progress.epoch} (--epochs-per-job); continue with --resume auto",
+                file=sys.stderr,
+            )
         return
     summary["training_type"] = config.training_type
     files.write_summary(summary)
     files.save_model(trainer.model.state_dict())
     if trainer.is_main:
-        print(f"done: test accuracy {summary['final_test_accuracy']:.4f}, {summary['comm_rounds']} rounds, "
-              f"{summary['comm_bytes'] / 1e6:.1f} MB sent per rank; outputs in {files.directory}", file=sys.stderr)
+        print(
+            f"done: test accuracy {summary['final_test_accuracy']:.4f}, {summary['comm_rounds']} rounds, "
+            f"{summary['comm_bytes'] / 1e6:.1f} MB sent per rank; outputs in {files.directory}",
+            file=sys.stderr,
+        )
 
 
 def leave_together() -> None:
@@ -120,10 +153,20 @@ def train(config: Config) -> None:
     error_report.inputs_checked()  # every rank's inputs passed, or every rank stops here with code 2
 
     files = RunFiles(output_dir, enabled=launch.rank == 0, tensorboard=config.tensorboard)
-    trainer = Trainer(model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler, sync=parts.sync,
-                      data=parts.data, files=files, settings=parts.settings, meter=parts.meter, device=device,
-                      rank=launch.rank, identity=run_identity(config.to_dict(), launch.world_size),
-                      preemption=preemption)
+    trainer = Trainer(
+        model=parts.model,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
+        sync=parts.sync,
+        data=parts.data,
+        files=files,
+        settings=parts.settings,
+        meter=parts.meter,
+        device=device,
+        rank=launch.rank,
+        identity=run_identity(config.to_dict(), launch.world_size),
+        preemption=preemption,
+    )
     resumed, changes = resume_or_begin(config, trainer, parts, files)
     write_run_config(config, trainer, parts, files, resumed, changes, launch, backend)
     try:
@@ -166,8 +209,11 @@ def main(argv=None) -> int:
     except (torch.distributed.DistError, RuntimeError) as error:
         if not distributed.is_distributed() or not distributed.is_communication_failure(error):
             raise  # a real bug, whose traceback is worth reading
-        print(f"error: rank {torch.distributed.get_rank()} lost contact with the other ranks (one died, timed out "
-              f"after --timeout, or the network failed): {str(error).splitlines()[0][:300]}", file=sys.stderr)
+        print(
+            f"error: rank {torch.distributed.get_rank()} lost contact with the other ranks (one died, timed out "
+            f"after --timeout, or the network failed): {str(error).splitlines()[0][:300]}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         release_output_folder()

@@ -38,47 +38,87 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-from bench.common import (RunFailed, add_common_arguments, emit, fail, header_line,  # noqa: E402
-                          load_run_config, markdown_table, percent, run_main)
+from bench.common import (  # noqa: E402
+    RunFailed,
+    add_common_arguments,
+    emit,
+    fail,
+    header_line,
+    load_run_config,
+    markdown_table,
+    percent,
+    run_main,
+)
 
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
 BASE_LR = {"sgd": 0.05, "adamw": 1e-3, "lars": 1.0, "lamb": 1e-2}
 SCALING = {"sgd": "linear", "adamw": "sqrt", "lars": "sqrt", "lamb": "sqrt"}
 REFERENCE_BATCH = 256
-HEADERS = ["optimizer", "global batch", "peak LR", "steps", "final test accuracy (%)", "best val accuracy (%)",
-           "seconds per epoch", "note"]
+HEADERS = [
+    "optimizer",
+    "global batch",
+    "peak LR",
+    "steps",
+    "final test accuracy (%)",
+    "best val accuracy (%)",
+    "seconds per epoch",
+    "note",
+]
 # Failures that are results of the sweep, not of the code: the batch does not fit, or the LR is too large.
 SKIPPABLE = {"fewer than one batch": "batch larger than a rank's shard", "diverged": "diverged"}
 
 
 def optimizer_values(kind):
     """argparse type for OPT=VALUE pairs such as lars=2 or sgd=linear."""
+
     def parse(text: str):
         name, separator, value = text.partition("=")
         if not separator or name not in OPTIMIZERS:
-            raise argparse.ArgumentTypeError(f"expected OPT=VALUE with OPT one of {', '.join(OPTIMIZERS)}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected OPT=VALUE with OPT one of {', '.join(OPTIMIZERS)}, got {text!r}"
+            )
         return name, kind(value)
+
     return parse
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192],
-                        help="GLOBAL batch sizes (all ranks together)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[128, 256, 512, 1024, 2048, 4096, 8192],
+        help="GLOBAL batch sizes (all ranks together)",
+    )
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--synthetic-size", type=int, default=20000,
-                        help="training images of --dataset synthetic (20000 leaves 4 steps of 8192 in 2 epochs)")
+    parser.add_argument(
+        "--synthetic-size",
+        type=int,
+        default=20000,
+        help="training images of --dataset synthetic (20000 leaves 4 steps of 8192 in 2 epochs)",
+    )
     parser.add_argument("--model", default="lenet5")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--base-lr", type=optimizer_values(float), nargs="+", default=[],
-                        help=f"base LR at global batch {REFERENCE_BATCH}, e.g. lars=2 (defaults: {BASE_LR})")
-    parser.add_argument("--scaling", type=optimizer_values(str), nargs="+", default=[],
-                        help=f"LR scaling rule none/linear/sqrt, e.g. adamw=linear (defaults: {SCALING})")
+    parser.add_argument(
+        "--base-lr",
+        type=optimizer_values(float),
+        nargs="+",
+        default=[],
+        help=f"base LR at global batch {REFERENCE_BATCH}, e.g. lars=2 (defaults: {BASE_LR})",
+    )
+    parser.add_argument(
+        "--scaling",
+        type=optimizer_values(str),
+        nargs="+",
+        default=[],
+        help=f"LR scaling rule none/linear/sqrt, e.g. adamw=linear (defaults: {SCALING})",
+    )
     parser.add_argument("--plot", help="accuracy-versus-batch figure (default <runs-dir>/accuracy_vs_batch.png)")
     add_common_arguments(parser, "batch_size_sweep")
     arguments = parser.parse_args(argv)
@@ -92,11 +132,30 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def main_arguments(arguments: argparse.Namespace, optimizer: str, global_batch: int) -> list:
-    flags = ["--training-type", "MBSGD", "--dataset", arguments.dataset, "--data-dir", arguments.data_dir,
-             "--model", arguments.model, "--epochs", arguments.epochs, "--batch-size", global_batch // arguments.ranks,
-             "--optimizer", optimizer, "--lr", arguments.base_lr[optimizer],
-             "--lr-scaling", arguments.scaling[optimizer], "--reference-batch", REFERENCE_BATCH,
-             "--warmup-epochs", arguments.warmup_epochs]
+    flags = [
+        "--training-type",
+        "MBSGD",
+        "--dataset",
+        arguments.dataset,
+        "--data-dir",
+        arguments.data_dir,
+        "--model",
+        arguments.model,
+        "--epochs",
+        arguments.epochs,
+        "--batch-size",
+        global_batch // arguments.ranks,
+        "--optimizer",
+        optimizer,
+        "--lr",
+        arguments.base_lr[optimizer],
+        "--lr-scaling",
+        arguments.scaling[optimizer],
+        "--reference-batch",
+        REFERENCE_BATCH,
+        "--warmup-epochs",
+        arguments.warmup_epochs,
+    ]
     if arguments.dataset == "synthetic":
         flags += ["--synthetic-size", arguments.synthetic_size]
     return flags + shlex.split(arguments.extra)
@@ -106,25 +165,40 @@ def run_one(arguments: argparse.Namespace, optimizer: str, global_batch: int) ->
     """One combination's figures; a skippable failure gives a row with a note and no figures."""
     run_dir = Path(arguments.runs_dir) / f"{optimizer}-b{global_batch}"
     try:
-        summary = run_main(run_dir, arguments.ranks, main_arguments(arguments, optimizer, global_batch),
-                           arguments.rerun)
+        summary = run_main(
+            run_dir, arguments.ranks, main_arguments(arguments, optimizer, global_batch), arguments.rerun
+        )
     except RunFailed as error:
         note = next((note for sign, note in SKIPPABLE.items() if sign in str(error)), None)
         if note is None:
             raise
         print(f"  skipped: {error}", file=sys.stderr)
         return {"optimizer": optimizer, "global_batch": global_batch, "note": note}
-    return {"optimizer": optimizer, "global_batch": global_batch, "note": "",
-            "peak_lr": load_run_config(run_dir)["run"]["peak_lr"], "steps": summary["steps"],
-            "accuracy": summary["final_test_accuracy"], "best_val": summary["best_val_accuracy"],
-            "seconds_per_epoch": summary["train_seconds"] / summary["epochs"]}
+    return {
+        "optimizer": optimizer,
+        "global_batch": global_batch,
+        "note": "",
+        "peak_lr": load_run_config(run_dir)["run"]["peak_lr"],
+        "steps": summary["steps"],
+        "accuracy": summary["final_test_accuracy"],
+        "best_val": summary["best_val_accuracy"],
+        "seconds_per_epoch": summary["train_seconds"] / summary["epochs"],
+    }
 
 
 def table_row(result: dict) -> list:
     if result["note"]:
         return [result["optimizer"], result["global_batch"], "n/a", "n/a", "n/a", "n/a", "n/a", result["note"]]
-    return [result["optimizer"], result["global_batch"], f"{result['peak_lr']:.4g}", result["steps"],
-            percent(result["accuracy"]), percent(result["best_val"]), f"{result['seconds_per_epoch']:.2f}", ""]
+    return [
+        result["optimizer"],
+        result["global_batch"],
+        f"{result['peak_lr']:.4g}",
+        result["steps"],
+        percent(result["accuracy"]),
+        percent(result["best_val"]),
+        f"{result['seconds_per_epoch']:.2f}",
+        "",
+    ]
 
 
 def plot(results: list, arguments: argparse.Namespace) -> None:
@@ -135,8 +209,9 @@ def plot(results: list, arguments: argparse.Namespace) -> None:
 
     figure, axes = pyplot.subplots(figsize=(6, 4))
     for optimizer in arguments.optimizers:
-        points = [(r["global_batch"], 100 * r["accuracy"]) for r in results
-                  if r["optimizer"] == optimizer and not r["note"]]
+        points = [
+            (r["global_batch"], 100 * r["accuracy"]) for r in results if r["optimizer"] == optimizer and not r["note"]
+        ]
         if points:
             axes.plot(*zip(*points), marker="o", label=optimizer)
     axes.set_xscale("log", base=2)
@@ -155,16 +230,23 @@ def plot(results: list, arguments: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     try:
-        results = [run_one(arguments, optimizer, batch)
-                   for optimizer in arguments.optimizers for batch in arguments.batch_sizes]
+        results = [
+            run_one(arguments, optimizer, batch)
+            for optimizer in arguments.optimizers
+            for batch in arguments.batch_sizes
+        ]
     except RunFailed as error:
         return fail(error)
     plot(results, arguments)
-    title = (f"MBSGD on {arguments.ranks} ranks: {arguments.model} on {arguments.dataset}, {arguments.epochs} epochs, "
-             f"{arguments.warmup_epochs:g} warmup epoch(s), LR scaled from global batch {REFERENCE_BATCH}")
-    emit(f"{header_line('batch_size_sweep', arguments)}\n\n### {title}\n\n"
-         f"{markdown_table(HEADERS, [table_row(result) for result in results])}\n\nPlot: {arguments.plot}",
-         arguments.out)
+    title = (
+        f"MBSGD on {arguments.ranks} ranks: {arguments.model} on {arguments.dataset}, {arguments.epochs} epochs, "
+        f"{arguments.warmup_epochs:g} warmup epoch(s), LR scaled from global batch {REFERENCE_BATCH}"
+    )
+    emit(
+        f"{header_line('batch_size_sweep', arguments)}\n\n### {title}\n\n"
+        f"{markdown_table(HEADERS, [table_row(result) for result in results])}\n\nPlot: {arguments.plot}",
+        arguments.out,
+    )
     return 0
 
 

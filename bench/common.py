@@ -79,8 +79,10 @@ def run_main(run_dir, ranks: int, args: list, rerun: bool = False) -> dict:
 def failure_reason(tail: str) -> str:
     """The line that best says why: main.py's "error:" line, else an exception or abort, else the last line."""
     lines = [line for line in tail.splitlines() if line.strip() and not TORCHRUN_LOG_LINE.match(line)]
-    for wanted in (lambda line: line.startswith("error:"),
-                   lambda line: re.search(r"Error\b|Exception\b|terminate called|Killed|Segmentation", line)):
+    for wanted in (
+        lambda line: line.startswith("error:"),
+        lambda line: re.search(r"Error\b|Exception\b|terminate called|Killed|Segmentation", line),
+    ):
         found = [line for line in lines if wanted(line)]
         if found:
             return found[-1].removeprefix("error: ")
@@ -97,7 +99,7 @@ def launch(run_dir: Path, ranks: int, args: list) -> tuple:
     lines = (run_dir / LOG_FILE).read_text().splitlines()
     # torchrun ends a failed launch with its own traceback and report; the ranks' output before it says why.
     agent_report = next((index for index, line in enumerate(lines) if "failed (exitcode:" in line), len(lines))
-    return result.returncode, "\n".join(lines[max(1, agent_report - 15):agent_report])
+    return result.returncode, "\n".join(lines[max(1, agent_report - 15) : agent_report])
 
 
 def load_summary(run_dir) -> dict:
@@ -121,16 +123,20 @@ def header_line(script: str, arguments: argparse.Namespace) -> str:
     typed = shlex.join(["python", f"bench/{script}.py", *sys.argv[1:]])
     settings = ", ".join(f"{name}={value}" for name, value in vars(arguments).items())
     threads = os.environ.get("OMP_NUM_THREADS", "1 (set by the benchmark)")
-    return (f"`{typed}` | settings: {settings} | torch {torch.__version__} | {os.cpu_count()} CPUs | "
-            f"OMP_NUM_THREADS={threads}")
+    return (
+        f"`{typed}` | settings: {settings} | torch {torch.__version__} | {os.cpu_count()} CPUs | "
+        f"OMP_NUM_THREADS={threads}"
+    )
 
 
 def markdown_table(headers: list, rows: list) -> str:
     """A Markdown table; a column whose cells are all numbers (or n/a) is right-aligned."""
     cells = [[str(value) for value in row] for row in rows]
     numeric = [bool(cells) and all(_looks_numeric(row[column]) for row in cells) for column in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |",
-             "| " + " | ".join("---:" if right else "---" for right in numeric) + " |"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join("---:" if right else "---" for right in numeric) + " |",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
 

@@ -24,19 +24,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-from bench.common import (RunFailed, add_common_arguments, emit, fail, header_line, load_metrics,  # noqa: E402
-                          load_run_config, markdown_table, percent, run_main)
+from bench.common import (  # noqa: E402
+    RunFailed,
+    add_common_arguments,
+    emit,
+    fail,
+    header_line,
+    load_metrics,
+    load_run_config,
+    markdown_table,
+    percent,
+    run_main,
+)
 
 CIFAR10_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-HEADERS = ["model", "amp", "data", "batch", "train images", "epoch 1 (s)", "later epochs, median (s)",
-           "images/s (later epochs)", "final train loss", "test accuracy (%)"]
+HEADERS = [
+    "model",
+    "amp",
+    "data",
+    "batch",
+    "train images",
+    "epoch 1 (s)",
+    "later epochs, median (s)",
+    "images/s (later epochs)",
+    "final train loss",
+    "test accuracy (%)",
+]
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--dataset", default="auto", choices=("auto", "npy", "synthetic"),
-                        help="auto: npy where --data-dir holds images.npy, else synthetic")
+    parser.add_argument(
+        "--dataset",
+        default="auto",
+        choices=("auto", "npy", "synthetic"),
+        help="auto: npy where --data-dir holds images.npy, else synthetic",
+    )
     parser.add_argument("--synthetic-size", type=int, default=50000, help="training images of the synthetic set")
     parser.add_argument("--models", nargs="+", default=["lenet5w", "resnet20"])
     parser.add_argument("--amp", nargs="+", default=["off", "bf16"], choices=("off", "bf16", "fp16"))
@@ -54,10 +78,30 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def main_arguments(arguments: argparse.Namespace, model: str, amp: str) -> list:
-    flags = ["--training-type", "MBSGD", "--model", model, "--amp", amp, "--device", arguments.device,
-             "--dataset", arguments.dataset, "--data-dir", arguments.data_dir, "--epochs", arguments.epochs,
-             "--batch-size", arguments.batch_size, "--lr", arguments.lr, "--eval-every", arguments.epochs,
-             "--log-every", 100000]
+    flags = [
+        "--training-type",
+        "MBSGD",
+        "--model",
+        model,
+        "--amp",
+        amp,
+        "--device",
+        arguments.device,
+        "--dataset",
+        arguments.dataset,
+        "--data-dir",
+        arguments.data_dir,
+        "--epochs",
+        arguments.epochs,
+        "--batch-size",
+        arguments.batch_size,
+        "--lr",
+        arguments.lr,
+        "--eval-every",
+        arguments.epochs,
+        "--log-every",
+        100000,
+    ]
     if arguments.dataset == "synthetic":
         flags += ["--synthetic-size", arguments.synthetic_size]
     return flags + arguments.extra.split()
@@ -67,9 +111,18 @@ def table_row(arguments: argparse.Namespace, model: str, amp: str, summary: dict
     seconds = [row["train_seconds"] for row in rows]
     rates = [row["images_per_second"] for row in rows]
     later = seconds[1:] or seconds  # one epoch only: it is all there is
-    return [model, amp, arguments.dataset, arguments.batch_size, run_config["run"]["train_size"],
-            f"{seconds[0]:.2f}", f"{statistics.median(later):.2f}", f"{statistics.median(rates[1:] or rates):.0f}",
-            f"{rows[-1]['train_loss']:.4f}", percent(summary["final_test_accuracy"])]
+    return [
+        model,
+        amp,
+        arguments.dataset,
+        arguments.batch_size,
+        run_config["run"]["train_size"],
+        f"{seconds[0]:.2f}",
+        f"{statistics.median(later):.2f}",
+        f"{statistics.median(rates[1:] or rates):.0f}",
+        f"{rows[-1]['train_loss']:.4f}",
+        percent(summary["final_test_accuracy"]),
+    ]
 
 
 def device_name(device: str) -> str:
@@ -91,8 +144,10 @@ def main(argv=None) -> int:
             except RunFailed as error:
                 return fail(error)
             rows.append(table_row(arguments, model, amp, summary, load_metrics(run_dir), load_run_config(run_dir)))
-    title = (f"Seconds per training epoch on {device_name(arguments.device)}, data set resident on the device, "
-             f"one process, {arguments.epochs} epochs per run")
+    title = (
+        f"Seconds per training epoch on {device_name(arguments.device)}, data set resident on the device, "
+        f"one process, {arguments.epochs} epochs per run"
+    )
     emit(f"{header_line('gpu_bench', arguments)}\n\n### {title}\n\n{markdown_table(HEADERS, rows)}", arguments.out)
     return 0
 

@@ -82,8 +82,13 @@ def main(argv=None) -> int:
     arguments = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
-    data = build_data(arguments.dataset, data_dir=arguments.data_dir, synthetic_size=arguments.synthetic_size,
-                      batch_size=arguments.batch_size, eval_batch_size=1000)
+    data = build_data(
+        arguments.dataset,
+        data_dir=arguments.data_dir,
+        synthetic_size=arguments.synthetic_size,
+        batch_size=arguments.batch_size,
+        eval_batch_size=1000,
+    )
     train = data.train
     ours_rate, ours_batch = time_batches(train.epoch(0), arguments.batches)
 
@@ -95,22 +100,36 @@ def main(argv=None) -> int:
         steps.append(transforms.RandomHorizontalFlip())
     steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     dataset = PerImageDataset(train.images, train.labels, transforms.Compose(steps))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=arguments.batch_size, shuffle=True, num_workers=0,
-                                         drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=arguments.batch_size, shuffle=True, num_workers=0, drop_last=True
+    )
     vision_rate, vision_batch = time_batches(loader, arguments.batches)
 
     inputs, targets = next(train.epoch(0))
     step = step_seconds(arguments.model, inputs, targets, data.num_classes, repeats=30)
     rows = [
-        ["trainer (tensor-resident, batched crop/flip)", f"{ours_rate:.0f}", f"{1000 * ours_batch:.2f}",
-         f"{100 * ours_batch / step:.1f}", f"{ours_rate / vision_rate:.1f}x"],
-        ["torchvision DataLoader (per-image PIL transforms)", f"{vision_rate:.0f}", f"{1000 * vision_batch:.2f}",
-         f"{100 * vision_batch / step:.1f}", "1.0x"],
+        [
+            "trainer (tensor-resident, batched crop/flip)",
+            f"{ours_rate:.0f}",
+            f"{1000 * ours_batch:.2f}",
+            f"{100 * ours_batch / step:.1f}",
+            f"{ours_rate / vision_rate:.1f}x",
+        ],
+        [
+            "torchvision DataLoader (per-image PIL transforms)",
+            f"{vision_rate:.0f}",
+            f"{1000 * vision_batch:.2f}",
+            f"{100 * vision_batch / step:.1f}",
+            "1.0x",
+        ],
     ]
-    header = (f"# loader_bench: {arguments.dataset}, batch {arguments.batch_size}, {arguments.batches} batches, 1 thread, "
-              f"torch {torch.__version__}; a {arguments.model} training step on this batch takes {1000 * step:.1f} ms")
-    table = markdown_table(["pipeline", "images/s (1 core)", "ms per batch", "% of a training step",
-                            "speed vs torchvision"], rows)
+    header = (
+        f"# loader_bench: {arguments.dataset}, batch {arguments.batch_size}, {arguments.batches} batches, 1 thread, "
+        f"torch {torch.__version__}; a {arguments.model} training step on this batch takes {1000 * step:.1f} ms"
+    )
+    table = markdown_table(
+        ["pipeline", "images/s (1 core)", "ms per batch", "% of a training step", "speed vs torchvision"], rows
+    )
     print(header + "\n\n" + table)
     if arguments.out:
         Path(arguments.out).write_text(header + "\n\n" + table + "\n")

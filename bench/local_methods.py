@@ -20,13 +20,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-from bench.common import (RunFailed, add_common_arguments, emit, fail, header_line, load_metrics,  # noqa: E402
-                          markdown_table, percent, run_main)
+from bench.common import (  # noqa: E402
+    RunFailed,
+    add_common_arguments,
+    emit,
+    fail,
+    header_line,
+    load_metrics,
+    markdown_table,
+    percent,
+    run_main,
+)
 
 TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ")
 OTHER_TYPES = ("LAPSGD", "LPPSGD", "TorchPeriodicAverager")  # on request: --types ... LAPSGD
-HEADERS = ["training type", "J", "final test accuracy (%)", "best val accuracy (%)", "rounds", "MB sent per rank",
-           "comm seconds", "images/s", "comm reduction (%)", "wall seconds", "peak RSS rank 0 (MB)"]
+HEADERS = [
+    "training type",
+    "J",
+    "final test accuracy (%)",
+    "best val accuracy (%)",
+    "rounds",
+    "MB sent per rank",
+    "comm seconds",
+    "images/s",
+    "comm reduction (%)",
+    "wall seconds",
+    "peak RSS rank 0 (MB)",
+]
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -38,8 +58,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="images per rank per step")
     parser.add_argument("--lr", type=float, default=0.05, help="base LR of every type but DiLoCo")
     parser.add_argument("--local-steps", type=int, default=16, help="J of the local methods")
-    parser.add_argument("--switch-epoch", type=int, help="PostLocalSGD: mini-batch SGD epochs (default epochs // 2, "
-                                                          "at least 1)")
+    parser.add_argument(
+        "--switch-epoch", type=int, help="PostLocalSGD: mini-batch SGD epochs (default epochs // 2, at least 1)"
+    )
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES + OTHER_TYPES)
     parser.add_argument("--workers-per-node", type=int, default=2, help="LAPSGD/LPPSGD: Hogwild! workers per rank")
@@ -52,9 +73,22 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def main_arguments(arguments: argparse.Namespace, training_type: str) -> list:
     """The main.py flags of one training type's run."""
-    flags = ["--training-type", training_type, "--dataset", arguments.dataset, "--data-dir", arguments.data_dir,
-             "--model", arguments.model, "--epochs", arguments.epochs, "--batch-size", arguments.batch_size,
-             "--local-steps", arguments.local_steps]
+    flags = [
+        "--training-type",
+        training_type,
+        "--dataset",
+        arguments.dataset,
+        "--data-dir",
+        arguments.data_dir,
+        "--model",
+        arguments.model,
+        "--epochs",
+        arguments.epochs,
+        "--batch-size",
+        arguments.batch_size,
+        "--local-steps",
+        arguments.local_steps,
+    ]
     if arguments.dataset == "synthetic":
         flags += ["--synthetic-size", arguments.synthetic_size]
     if training_type != "DiLoCo":
@@ -81,11 +115,19 @@ def local_steps_label(arguments: argparse.Namespace, training_type: str, metrics
 
 
 def table_row(arguments: argparse.Namespace, training_type: str, summary: dict, metrics: list) -> list:
-    return [training_type, local_steps_label(arguments, training_type, metrics),
-            percent(summary["final_test_accuracy"]), percent(summary["best_val_accuracy"]), summary["comm_rounds"],
-            f"{summary['comm_bytes'] / 1e6:.1f}", f"{summary['comm_seconds']:.2f}",
-            f"{summary['images_per_second']:.0f}", f"{100 * summary['comm_reduction']:.1f}",
-            f"{summary['wall_seconds']:.1f}", f"{summary.get('peak_rss_mb', float('nan')):.0f}"]
+    return [
+        training_type,
+        local_steps_label(arguments, training_type, metrics),
+        percent(summary["final_test_accuracy"]),
+        percent(summary["best_val_accuracy"]),
+        summary["comm_rounds"],
+        f"{summary['comm_bytes'] / 1e6:.1f}",
+        f"{summary['comm_seconds']:.2f}",
+        f"{summary['images_per_second']:.0f}",
+        f"{100 * summary['comm_reduction']:.1f}",
+        f"{summary['wall_seconds']:.1f}",
+        f"{summary.get('peak_rss_mb', float('nan')):.0f}",
+    ]
 
 
 def main(argv=None) -> int:
@@ -98,10 +140,11 @@ def main(argv=None) -> int:
         except RunFailed as error:
             return fail(error)
         rows.append(table_row(arguments, training_type, summary, load_metrics(run_dir)))
-    title = (f"Training types on {arguments.ranks} ranks: {arguments.model} on {arguments.dataset}, "
-             f"{arguments.epochs} epochs, batch {arguments.batch_size} per rank")
-    emit(f"{header_line('local_methods', arguments)}\n\n### {title}\n\n{markdown_table(HEADERS, rows)}",
-         arguments.out)
+    title = (
+        f"Training types on {arguments.ranks} ranks: {arguments.model} on {arguments.dataset}, "
+        f"{arguments.epochs} epochs, batch {arguments.batch_size} per rank"
+    )
+    emit(f"{header_line('local_methods', arguments)}\n\n### {title}\n\n{markdown_table(HEADERS, rows)}", arguments.out)
     return 0
 
 

@@ -39,9 +39,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-from bench.common import (LAUNCH_FILE, REPO, RunFailed, add_common_arguments, child_environment,  # noqa: E402
-                          emit, fail, failure_reason, header_line, load_metrics, load_summary, markdown_table,
-                          percent)
+from bench.common import (  # noqa: E402
+    LAUNCH_FILE,
+    REPO,
+    RunFailed,
+    add_common_arguments,
+    child_environment,
+    emit,
+    fail,
+    failure_reason,
+    header_line,
+    load_metrics,
+    load_summary,
+    markdown_table,
+    percent,
+)
 
 TWO_HOSTS = REPO / "bench" / "two_hosts.sh"
 NAMESPACES = ("dtbench0", "dtbench1")
@@ -51,14 +63,30 @@ DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8
 # TYPE+VARIANT adds these main.py flags, e.g. PLSGD+overlap:8 or MBSGD+fp16.
 # overlap: the depth chosen from measurements (--overlap-steps auto); overlap1/3/4: a fixed depth;
 # fragN: N streamed fragments, each overlapped at the automatic depth.
-VARIANTS = {"overlap": ["--overlap"], "overlap1": ["--overlap", "--overlap-steps", "1"],
-            "overlap3": ["--overlap", "--overlap-steps", "3"], "bf16overlap": ["--overlap", "--sync-dtype", "bf16"],
-            "frag2": ["--overlap", "--fragments", "2"], "frag4": ["--overlap", "--fragments", "4"],
-            "overlap4": ["--overlap", "--overlap-steps", "4"], "fp16": ["--grad-compression", "fp16"],
-            "powersgd": ["--grad-compression", "powersgd"], "bf16sync": ["--sync-dtype", "bf16"]}
+VARIANTS = {
+    "overlap": ["--overlap"],
+    "overlap1": ["--overlap", "--overlap-steps", "1"],
+    "overlap3": ["--overlap", "--overlap-steps", "3"],
+    "bf16overlap": ["--overlap", "--sync-dtype", "bf16"],
+    "frag2": ["--overlap", "--fragments", "2"],
+    "frag4": ["--overlap", "--fragments", "4"],
+    "overlap4": ["--overlap", "--overlap-steps", "4"],
+    "fp16": ["--grad-compression", "fp16"],
+    "powersgd": ["--grad-compression", "powersgd"],
+    "bf16sync": ["--sync-dtype", "bf16"],
+}
 DEFAULT_TYPES = ["MBSGD", "PLSGD", "SlowMo", "AdaptiveJ"]
-HEADERS = ["link", "training type", "J", "images/s", "of compute alone", "comm seconds", "comm MB per rank", "rounds",
-           "final test accuracy (%)"]
+HEADERS = [
+    "link",
+    "training type",
+    "J",
+    "images/s",
+    "of compute alone",
+    "comm seconds",
+    "comm MB per rank",
+    "rounds",
+    "final test accuracy (%)",
+]
 COMPUTE_ALONE_J = 1000000  # PLSGD with this J averages only at the end: the compute-alone reference
 PROBE_PORT, FIRST_MASTER_PORT = 29400, 29500
 LOCK_FILE = "/tmp/dtbench-network.lock"
@@ -66,11 +94,17 @@ KILL_GRACE_S = 30  # how long the other rank may take to notice that its peer fa
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--rates", nargs="+", default=["none", "100mbit"], help="tc rates of the link, none = unshaped")
-    parser.add_argument("--types", nargs="+", default=DEFAULT_TYPES, type=training_type,
-                        help="TYPE or TYPE:J, TYPE one of " + " ".join(DEFAULT_J))
+    parser.add_argument(
+        "--types",
+        nargs="+",
+        default=DEFAULT_TYPES,
+        type=training_type,
+        help="TYPE or TYPE:J, TYPE one of " + " ".join(DEFAULT_J),
+    )
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--synthetic-size", type=int, default=10000, help="training images of --dataset synthetic")
     parser.add_argument("--model", default="lenet5w")
@@ -92,8 +126,10 @@ def training_type(text: str) -> str:
     if variant and variant not in VARIANTS:
         raise argparse.ArgumentTypeError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if name not in DEFAULT_J or (j and not (j.isdigit() and int(j) >= 1)) or (name == "MBSGD" and j not in ("", "1")):
-        raise argparse.ArgumentTypeError(f"expected TYPE or TYPE:J with TYPE one of {', '.join(DEFAULT_J)} and J a "
-                                         f"positive integer (MBSGD only J=1), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected TYPE or TYPE:J with TYPE one of {', '.join(DEFAULT_J)} and J a "
+            f"positive integer (MBSGD only J=1), got {text!r}"
+        )
     return text
 
 
@@ -102,7 +138,7 @@ def expand_types(tokens: list) -> list:
     runs = []
     for token in tokens:
         name, _, j = token.partition(":")
-        for local_steps in ([int(j)] if j else DEFAULT_J[name.partition("+")[0]]):
+        for local_steps in [int(j)] if j else DEFAULT_J[name.partition("+")[0]]:
             if (name, local_steps) not in runs:
                 runs.append((name, local_steps))
     return runs
@@ -110,9 +146,26 @@ def expand_types(tokens: list) -> list:
 
 def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -> list:
     name, _, variant = name.partition("+")
-    flags = ["--training-type", name, "--dataset", arguments.dataset, "--data-dir", arguments.data_dir,
-             "--model", arguments.model, "--epochs", arguments.epochs, "--batch-size", arguments.batch_size,
-             "--max-steps", arguments.max_steps, "--device", "cpu", "--backend", "gloo"]
+    flags = [
+        "--training-type",
+        name,
+        "--dataset",
+        arguments.dataset,
+        "--data-dir",
+        arguments.data_dir,
+        "--model",
+        arguments.model,
+        "--epochs",
+        arguments.epochs,
+        "--batch-size",
+        arguments.batch_size,
+        "--max-steps",
+        arguments.max_steps,
+        "--device",
+        "cpu",
+        "--backend",
+        "gloo",
+    ]
     if name != "MBSGD":
         flags += ["--local-steps", local_steps]
     flags += VARIANTS.get(variant, [])
@@ -123,6 +176,7 @@ def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -
 
 # --- the two hosts -------------------------------------------------------------------------------------------
 
+
 def two_hosts(*command: str) -> str:
     result = subprocess.run([str(TWO_HOSTS), *command], capture_output=True, text=True)
     if result.returncode != 0:
@@ -132,8 +186,9 @@ def two_hosts(*command: str) -> str:
 
 def in_namespace(index: int, command: list, **popen) -> subprocess.Popen:
     """Start ``command`` inside namespace ``index`` in its own process group (so it can be killed as a whole)."""
-    return subprocess.Popen([str(TWO_HOSTS), "run", NAMESPACES[index], "--", *command], cwd=REPO,
-                            start_new_session=True, **popen)
+    return subprocess.Popen(
+        [str(TWO_HOSTS), "run", NAMESPACES[index], "--", *command], cwd=REPO, start_new_session=True, **popen
+    )
 
 
 def kill(process: subprocess.Popen) -> None:
@@ -185,13 +240,22 @@ def send_probe(target: str) -> None:
 
 # --- one run: a rank in each namespace ---------------------------------------------------------------------------
 
+
 def run_pair(run_dir: Path, link: str, args: list, master_port: int, timeout_s: float, rerun: bool) -> dict:
     """Run main.py with rank 0 in dtbench0 and rank 1 in dtbench1 into ``run_dir`` (or reuse it); its summary."""
-    record = {"ranks": 2, "link": link, "tbf": [os.environ.get("TBF_BURST"), os.environ.get("TBF_LATENCY")],
-              "args": args}
+    record = {
+        "ranks": 2,
+        "link": link,
+        "tbf": [os.environ.get("TBF_BURST"), os.environ.get("TBF_LATENCY")],
+        "args": args,
+    }
     launch_file = run_dir / LAUNCH_FILE
-    if (not rerun and (run_dir / "summary.json").exists() and launch_file.exists()
-            and json.loads(launch_file.read_text()) == record):
+    if (
+        not rerun
+        and (run_dir / "summary.json").exists()
+        and launch_file.exists()
+        and json.loads(launch_file.read_text()) == record
+    ):
         print(f"reusing {run_dir}", file=sys.stderr)
         return load_summary(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,9 +269,11 @@ def run_pair(run_dir: Path, link: str, args: list, master_port: int, timeout_s: 
         both = "\n".join(f"[rank {rank}] {line}" for rank in (0, 1) for line in tails[rank].splitlines())
         if timed_out:
             raise RunFailed(f"run {run_dir} killed at the --run-timeout of {timeout_s:.0f} s", both)
-        reasons = [f"rank {rank}: " + (f"killed by {signal.Signals(-code).name}" if code < 0
-                                       else failure_reason(tails[rank]))
-                   for rank, code in enumerate(exit_codes) if code] or ["no summary.json written"]
+        reasons = [
+            f"rank {rank}: " + (f"killed by {signal.Signals(-code).name}" if code < 0 else failure_reason(tails[rank]))
+            for rank, code in enumerate(exit_codes)
+            if code
+        ] or ["no summary.json written"]
         raise RunFailed(f"run {run_dir} failed (exit codes {exit_codes}): {'; '.join(reasons)}", both)
     print(f"  done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return load_summary(run_dir)
@@ -219,9 +285,16 @@ def run_ranks(run_dir: Path, args: list, master_port: int, timeout_s: float) -> 
     ranks, logs = [], [run_dir / f"bench_log_rank{rank}.txt" for rank in (0, 1)]
     try:
         for rank in (0, 1):
-            environment = dict(child_environment(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0",
-                               LOCAL_WORLD_SIZE="1", MASTER_ADDR=ADDRESSES[0], MASTER_PORT=str(master_port),
-                               GLOO_SOCKET_IFNAME=VETHS[rank])
+            environment = dict(
+                child_environment(),
+                RANK=str(rank),
+                WORLD_SIZE="2",
+                LOCAL_RANK="0",
+                LOCAL_WORLD_SIZE="1",
+                MASTER_ADDR=ADDRESSES[0],
+                MASTER_PORT=str(master_port),
+                GLOO_SOCKET_IFNAME=VETHS[rank],
+            )
             with open(logs[rank], "w") as log:
                 log.write(shlex.join(command) + "\n")
                 log.flush()
@@ -249,6 +322,7 @@ def wait_for_ranks(ranks: list, deadline: float) -> bool:
 
 # --- the table -------------------------------------------------------------------------------------------------
 
+
 def local_steps_label(name: str, local_steps: int, metrics: list) -> str:
     """J as the run used it; for AdaptiveJ the J of each epoch (a metrics row holds the J chosen after it)."""
     if name != "AdaptiveJ":
@@ -263,9 +337,17 @@ def table_row(link: str, name: str, local_steps: int, summary: dict, metrics: li
     if depths:
         label += f", D {'/'.join(str(depth) for depth in depths)}"
     fraction = f"{summary['images_per_second'] / alone:.2f}" if alone else ""
-    return [link, name, label, f"{summary['images_per_second']:.0f}", fraction,
-            f"{summary['comm_seconds']:.2f}", f"{summary['comm_bytes'] / 1e6:.1f}", summary["comm_rounds"],
-            percent(summary["final_test_accuracy"])]
+    return [
+        link,
+        name,
+        label,
+        f"{summary['images_per_second']:.0f}",
+        fraction,
+        f"{summary['comm_seconds']:.2f}",
+        f"{summary['comm_bytes'] / 1e6:.1f}",
+        summary["comm_rounds"],
+        percent(summary["final_test_accuracy"]),
+    ]
 
 
 def bench_link(arguments: argparse.Namespace, link: str, first_port: int) -> tuple:
@@ -276,14 +358,25 @@ def bench_link(arguments: argparse.Namespace, link: str, first_port: int) -> tup
     results = []
     for offset, (name, local_steps) in enumerate(expand_types(arguments.types)):
         run_dir = Path(arguments.runs_dir) / link / f"{name}-J{local_steps}"
-        summary = run_pair(run_dir, link, main_arguments(arguments, name, local_steps), first_port + offset,
-                           arguments.run_timeout, arguments.rerun)
+        summary = run_pair(
+            run_dir,
+            link,
+            main_arguments(arguments, name, local_steps),
+            first_port + offset,
+            arguments.run_timeout,
+            arguments.rerun,
+        )
         results.append((name, local_steps, summary, load_metrics(run_dir)))
-    alone = next((summary["images_per_second"] for name, j, summary, _ in results
-                  if name == "PLSGD" and j == COMPUTE_ALONE_J), 0.0)
+    alone = next(
+        (summary["images_per_second"] for name, j, summary, _ in results if name == "PLSGD" and j == COMPUTE_ALONE_J),
+        0.0,
+    )
     rows = [table_row(link, name, j, summary, metrics, alone) for name, j, summary, metrics in results]
-    return f"- `{link}`: {shape.split(':')[0]}; measured {rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB " \
-           f"{NAMESPACES[0]} → {NAMESPACES[1]})", rows
+    return (
+        f"- `{link}`: {shape.split(':')[0]}; measured {rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB "
+        f"{NAMESPACES[0]} → {NAMESPACES[1]})",
+        rows,
+    )
 
 
 def raise_interrupt(signum, frame):
@@ -324,12 +417,23 @@ def main(argv=None) -> int:
     finally:
         subprocess.run([str(TWO_HOSTS), "down"])
     steps = f", at most {arguments.max_steps} steps" if arguments.max_steps else ""
-    title = (f"Two emulated hosts, one rank each (network namespaces + veth, tc tbf): {arguments.model} on "
-             f"{arguments.dataset}, {arguments.epochs} epoch(s){steps}, batch {arguments.batch_size} per rank")
-    settings = argparse.Namespace(**{name: value for name, value in vars(arguments).items()
-                                     if not name.startswith("probe_") or name == "probe_mb"})
-    emit(f"{header_line('network_bench', settings)}\n\nLinks:\n" + "\n".join(links) +
-         f"\n\n### {title}\n\n{markdown_table(HEADERS, rows)}", arguments.out)
+    title = (
+        f"Two emulated hosts, one rank each (network namespaces + veth, tc tbf): {arguments.model} on "
+        f"{arguments.dataset}, {arguments.epochs} epoch(s){steps}, batch {arguments.batch_size} per rank"
+    )
+    settings = argparse.Namespace(
+        **{
+            name: value
+            for name, value in vars(arguments).items()
+            if not name.startswith("probe_") or name == "probe_mb"
+        }
+    )
+    emit(
+        f"{header_line('network_bench', settings)}\n\nLinks:\n"
+        + "\n".join(links)
+        + f"\n\n### {title}\n\n{markdown_table(HEADERS, rows)}",
+        arguments.out,
+    )
     return 0
 
 

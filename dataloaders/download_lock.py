@@ -43,8 +43,9 @@ def load_once_per_node(load, data_dir: str, download: bool, local_rank: int, wai
                 return load(False)
             except DataError as error:
                 if time.monotonic() > deadline:
-                    raise DataError(f"waited {wait_seconds:g} s for local rank 0 to download into {data_dir}, in "
-                                    f"vain: {error}")
+                    raise DataError(
+                        f"waited {wait_seconds:g} s for local rank 0 to download into {data_dir}, in vain: {error}"
+                    )
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
             time.sleep(RETRY_SECONDS)

@@ -46,13 +46,17 @@ def image_folder(root: str, split: str):
 
     folder = os.path.join(root, split)
     if not os.path.isdir(folder):
-        raise DataError(f"--dataset imagenet needs an ImageFolder at {os.path.abspath(root)} with train/ and val/ "
-                        f"(one sub-folder of images per class); {split}/ is missing: check --imagenet-dir")
+        raise DataError(
+            f"--dataset imagenet needs an ImageFolder at {os.path.abspath(root)} with train/ and val/ "
+            f"(one sub-folder of images per class); {split}/ is missing: check --imagenet-dir"
+        )
     try:
         return datasets.ImageFolder(folder)
     except (FileNotFoundError, OSError) as error:  # no class folders, or no image in any of them
-        raise DataError(f"{os.path.abspath(folder)} holds no images in class sub-folders "
-                        f"({str(error).splitlines()[0]}); check --imagenet-dir")
+        raise DataError(
+            f"{os.path.abspath(folder)} holds no images in class sub-folders "
+            f"({str(error).splitlines()[0]}); check --imagenet-dir"
+        )
 
 
 def _loader_workers(requested: int) -> int:
@@ -63,8 +67,17 @@ def _loader_workers(requested: int) -> int:
 class FolderTrainBatches:
     """One rank's training batches for one epoch, ``steps_per_epoch`` of ``batch_size`` each."""
 
-    def __init__(self, dataset, indices: torch.Tensor, batch_size: int, rank: int, world_size: int, seed: int,
-                 loader_workers: int, device: torch.device):
+    def __init__(
+        self,
+        dataset,
+        indices: torch.Tensor,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        loader_workers: int,
+        device: torch.device,
+    ):
         self.dataset, self.indices, self.batch_size = dataset, indices, batch_size
         self.seed, self.loader_workers, self.device = seed, loader_workers, device
         self.reshard(rank, world_size)
@@ -86,12 +99,18 @@ class FolderTrainBatches:
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield (inputs, targets) for ``epoch``, skipping the first ``start_step`` batches (resume)."""
         order = shard_indices(len(self.indices), self.rank, self.world_size, self.seed, epoch)
-        shard = self.indices[order][start_step * self.batch_size:self.steps_per_epoch * self.batch_size]
+        shard = self.indices[order][start_step * self.batch_size : self.steps_per_epoch * self.batch_size]
         # Seeds the loader workers' crops and flips: the same epoch gives the same batches again.
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 4099 + self.rank)
-        loader = DataLoader(self.dataset, self.batch_size, sampler=shard.tolist(), drop_last=True,
-                            num_workers=_loader_workers(self.loader_workers), generator=generator,
-                            pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            self.dataset,
+            self.batch_size,
+            sampler=shard.tolist(),
+            drop_last=True,
+            num_workers=_loader_workers(self.loader_workers),
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
@@ -99,16 +118,29 @@ class FolderTrainBatches:
 class FolderEvalBatches:
     """One rank's contiguous slice of an evaluation split; the slices cover every sample exactly once."""
 
-    def __init__(self, dataset, indices: torch.Tensor, batch_size: int, rank: int, world_size: int,
-                 loader_workers: int, device: torch.device):
+    def __init__(
+        self,
+        dataset,
+        indices: torch.Tensor,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        loader_workers: int,
+        device: torch.device,
+    ):
         bounds = [len(indices) * r // world_size for r in range(world_size + 1)]
-        self.dataset, self.indices = dataset, indices[bounds[rank]:bounds[rank + 1]]
+        self.dataset, self.indices = dataset, indices[bounds[rank] : bounds[rank + 1]]
         self.batch_size, self.loader_workers, self.device = batch_size, loader_workers, device
         self.total = len(indices)
 
     def __iter__(self):
-        loader = DataLoader(self.dataset, self.batch_size, sampler=self.indices.tolist(),
-                            num_workers=_loader_workers(self.loader_workers), pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            self.dataset,
+            self.batch_size,
+            sampler=self.indices.tolist(),
+            num_workers=_loader_workers(self.loader_workers),
+            pin_memory=self.device.type == "cuda",
+        )
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
@@ -124,12 +156,20 @@ def imagenet_splits(root: str, image_size: int, augment: bool, val_ratio: float,
     """(train set, train indices, held-out set, held-out indices, test set, classes) for ``root``."""
     train_files, test_files = image_folder(root, "train"), image_folder(root, "val")
     if train_files.classes != test_files.classes:
-        raise DataError(f"train/ has {len(train_files.classes)} classes and val/ {len(test_files.classes)}, or "
-                        f"they are named differently, in {os.path.abspath(root)}; both need the same class folders")
+        raise DataError(
+            f"train/ has {len(train_files.classes)} classes and val/ {len(test_files.classes)}, or "
+            f"they are named differently, in {os.path.abspath(root)}; both need the same class folders"
+        )
     evaluation = image_transform(image_size, train=False)
     train_set = with_transform(train_files, image_transform(image_size, train=True) if augment else evaluation)
     # The seeded validation split of the other sources (dataloaders.split_train_val), evaluated unaugmented.
     order = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(seed + 1))
     val_count = max(1, int(round(len(order) * val_ratio)))
-    return (train_set, order[val_count:], with_transform(train_files, evaluation), order[:val_count],
-            with_transform(test_files, evaluation), train_files.classes)
+    return (
+        train_set,
+        order[val_count:],
+        with_transform(train_files, evaluation),
+        order[:val_count],
+        with_transform(test_files, evaluation),
+        train_files.classes,
+    )

@@ -22,7 +22,7 @@ def shard_indices(num_samples: int, rank: int, world_size: int, seed: int, epoch
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_samples, generator=generator)
     per_rank = num_samples // world_size
-    return order[rank * per_rank:(rank + 1) * per_rank]
+    return order[rank * per_rank : (rank + 1) * per_rank]
 
 
 def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
@@ -80,8 +80,19 @@ class Normalizer:
 class TrainBatches:
     """One rank's training batches for one epoch, ``steps_per_epoch`` of ``batch_size`` each."""
 
-    def __init__(self, images, labels, normalizer: Normalizer, batch_size: int, rank: int, world_size: int,
-                 seed: int, augment: bool, flip: bool, fixed_shard: torch.Tensor = None):
+    def __init__(
+        self,
+        images,
+        labels,
+        normalizer: Normalizer,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        augment: bool,
+        flip: bool,
+        fixed_shard: torch.Tensor = None,
+    ):
         self.images, self.labels, self.normalizer = images, labels, normalizer
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.augment, self.flip = augment, flip
@@ -129,12 +140,14 @@ class EvalBatches:
 
     def __init__(self, images, labels, normalizer: Normalizer, batch_size: int, rank: int, world_size: int):
         bounds = [len(images) * r // world_size for r in range(world_size + 1)]
-        self.images = images[bounds[rank]:bounds[rank + 1]]
-        self.labels = labels[bounds[rank]:bounds[rank + 1]]
+        self.images = images[bounds[rank] : bounds[rank + 1]]
+        self.labels = labels[bounds[rank] : bounds[rank + 1]]
         self.normalizer, self.batch_size = normalizer, batch_size
         self.total = len(images)
 
     def __iter__(self):
         for start in range(0, len(self.images), self.batch_size):
-            yield (self.normalizer(self.images[start:start + self.batch_size]),
-                   self.labels[start:start + self.batch_size])
+            yield (
+                self.normalizer(self.images[start : start + self.batch_size]),
+                self.labels[start : start + self.batch_size],
+            )

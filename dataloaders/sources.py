@@ -62,8 +62,10 @@ def _torchvision_cifar(name: str, data_dir: str, download: bool) -> RawData:
 def _missing_message(name: str, data_dir: str, download: bool, error: Exception) -> str:
     folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "mnist": "MNIST/raw"}[name]
     how = "the download failed" if download else "--no-download was given"
-    return (f"{name} not found in {os.path.abspath(data_dir)} ({how}: {str(error).splitlines()[0]}); "
-            f"put torchvision's {folder} there, point --data-dir at it, or use --dataset synthetic")
+    return (
+        f"{name} not found in {os.path.abspath(data_dir)} ({how}: {str(error).splitlines()[0]}); "
+        f"put torchvision's {folder} there, point --data-dir at it, or use --dataset synthetic"
+    )
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -84,15 +86,21 @@ def _mnist(data_dir: str, download: bool) -> RawData:
     files = {os.path.basename(url): md5 for url, md5 in datasets.MNIST.resources}
     if all(check_integrity(os.path.join(raw, name), md5) for name, md5 in files.items()):
         arrays = {name.split("-")[0] + "_" + name.split("-")[1]: _read_idx(os.path.join(raw, name)) for name in files}
-        return RawData(_to_nchw(arrays["train_images"]), _labels(arrays["train_labels"]),
-                       _to_nchw(arrays["t10k_images"]), _labels(arrays["t10k_labels"]), 10)
+        return RawData(
+            _to_nchw(arrays["train_images"]),
+            _labels(arrays["train_labels"]),
+            _to_nchw(arrays["t10k_images"]),
+            _labels(arrays["t10k_labels"]),
+            10,
+        )
     try:
         train = datasets.MNIST(data_dir, train=True, download=download)
         test = datasets.MNIST(data_dir, train=False, download=download)
     except (RuntimeError, OSError) as error:
         raise DataError(_missing_message("mnist", data_dir, download, error))
-    return RawData(_to_nchw(train.data.numpy()), _labels(train.targets), _to_nchw(test.data.numpy()),
-                   _labels(test.targets), 10)
+    return RawData(
+        _to_nchw(train.data.numpy()), _labels(train.targets), _to_nchw(test.data.numpy()), _labels(test.targets), 10
+    )
 
 
 def _npy(data_dir: str, test_ratio: float, seed: int) -> RawData:
@@ -157,8 +165,16 @@ _LOADERS = {
 IN_MEMORY_SOURCES = tuple(_LOADERS)
 
 
-def load_raw(name: str, data_dir: str, download: bool, synthetic_size: int, test_ratio: float, seed: int,
-             local_rank: int = 0, wait_seconds: float = 300.0) -> RawData:
+def load_raw(
+    name: str,
+    data_dir: str,
+    download: bool,
+    synthetic_size: int,
+    test_ratio: float,
+    seed: int,
+    local_rank: int = 0,
+    wait_seconds: float = 300.0,
+) -> RawData:
     """``local_rank`` 0 alone downloads a missing data set; the node's other ranks wait up to ``wait_seconds``."""
     once = lambda load: load_once_per_node(load, data_dir, download, local_rank, wait_seconds)  # noqa: E731
     if name not in _LOADERS:

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 
-
 class DataError(RuntimeError):
     """The data set cannot be loaded; the message says where to put the files."""
 
@@ -25,8 +24,10 @@ def load_array(path: str) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise DataError(f"{os.path.abspath(path)} is not a readable numeric .npy array ({reason}); "
-                        f"write it with numpy.save from a uint8 or integer array")
+        raise DataError(
+            f"{os.path.abspath(path)} is not a readable numeric .npy array ({reason}); "
+            f"write it with numpy.save from a uint8 or integer array"
+        )
 
 
 def labels_tensor(values, name: str) -> torch.Tensor:
@@ -35,18 +36,23 @@ def labels_tensor(values, name: str) -> torch.Tensor:
     if array.ndim != 1:
         raise DataError(f"{name}: expected one label per sample (shape (N,)), got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise DataError(f"{name}: labels must be integer class indices, got dtype {array.dtype}; "
-                        f"convert them with labels.astype(numpy.int64) after checking they are whole numbers")
+        raise DataError(
+            f"{name}: labels must be integer class indices, got dtype {array.dtype}; "
+            f"convert them with labels.astype(numpy.int64) after checking they are whole numbers"
+        )
     return torch.as_tensor(array.astype(np.int64, copy=False))
 
 
 def _check_split(images: torch.Tensor, labels: torch.Tensor, split: str) -> None:
     if len(images) != len(labels):
-        raise DataError(f"the {split} split has {len(images)} images but {len(labels)} labels; give one label "
-                        f"per image")
+        raise DataError(
+            f"the {split} split has {len(images)} images but {len(labels)} labels; give one label per image"
+        )
     if len(images) == 0:
-        raise DataError(f"the {split} split is empty; give more samples (or, for npy data without test files, "
-                        f"a larger --test-ratio)")
+        raise DataError(
+            f"the {split} split is empty; give more samples (or, for npy data without test files, "
+            f"a larger --test-ratio)"
+        )
 
 
 def check_raw(raw) -> None:
@@ -54,29 +60,40 @@ def check_raw(raw) -> None:
     _check_split(raw.train_images, raw.train_labels, "training")
     _check_split(raw.test_images, raw.test_labels, "test")
     if raw.test_images.shape[1:] != raw.train_images.shape[1:]:
-        raise DataError(f"test images are shaped {tuple(raw.test_images.shape[1:])} (C,H,W) but training images "
-                        f"{tuple(raw.train_images.shape[1:])}; both splits need the same image shape")
+        raise DataError(
+            f"test images are shaped {tuple(raw.test_images.shape[1:])} (C,H,W) but training images "
+            f"{tuple(raw.train_images.shape[1:])}; both splits need the same image shape"
+        )
     for split, labels in (("training", raw.train_labels), ("test", raw.test_labels)):
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= raw.num_classes:
             bad = low if low < 0 else high
-            raise DataError(f"a {split} label is {bad}, outside the classes 0..{raw.num_classes - 1} of the training "
-                            f"labels; labels must be class indices 0..K-1")
+            raise DataError(
+                f"a {split} label is {bad}, outside the classes 0..{raw.num_classes - 1} of the training "
+                f"labels; labels must be class indices 0..K-1"
+            )
 
 
 def check_class_count(num_classes: int, samples: int, name: str) -> None:
     """More classes than samples means the labels are not class indices (a label of 1e9 would ask for a
     model with a billion outputs)."""
     if num_classes > samples:
-        raise DataError(f"{name}: the largest label asks for {num_classes} classes but there are only {samples} "
-                        f"samples; labels must be class indices 0..K-1")
+        raise DataError(
+            f"{name}: the largest label asks for {num_classes} classes but there are only {samples} "
+            f"samples; labels must be class indices 0..K-1"
+        )
 
 
 def check_shards(train_count: int, parts: int, batch_size: int, workers_per_rank: int = 1) -> None:
     """Every rank (every Hogwild worker, with several per rank) must get at least one full batch."""
     shard = train_count // parts
     if shard < batch_size:
-        who = (f"each of the {parts} workers ({workers_per_rank} per rank)" if workers_per_rank > 1
-               else f"each of the {parts} ranks")
-        raise DataError(f"{who} gets {shard} training images, fewer than one batch of {batch_size}; lower "
-                        f"--batch-size, --workers-per-node or the number of ranks")
+        who = (
+            f"each of the {parts} workers ({workers_per_rank} per rank)"
+            if workers_per_rank > 1
+            else f"each of the {parts} ranks"
+        )
+        raise DataError(
+            f"{who} gets {shard} training images, fewer than one batch of {batch_size}; lower "
+            f"--batch-size, --workers-per-node or the number of ranks"
+        )

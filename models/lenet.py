@@ -44,8 +44,7 @@ class LeNet(nn.Module):
         side = feature_map_size(image_size, len(conv_channels))
         if side < 1:
             raise ValueError(
-                f"image_size must be at least 16 for LeNet's two 5x5 conv + 2x2 pool stages, "
-                f"got {image_size}"
+                f"image_size must be at least 16 for LeNet's two 5x5 conv + 2x2 pool stages, got {image_size}"
             )
         first, second = conv_channels
         self.features = nn.Sequential(
@@ -72,14 +71,10 @@ class LeNet(nn.Module):
 
 def lenet5(in_channels: int, image_size: int, num_classes: int) -> LeNet:
     """Classic LeNet-5 (LeCun et al. 1998) with ReLU and max pooling."""
-    return LeNet(
-        in_channels, image_size, num_classes, conv_channels=(6, 16), hidden_features=(120, 84)
-    )
+    return LeNet(in_channels, image_size, num_classes, conv_channels=(6, 16), hidden_features=(120, 84))
 
 
 def lenet5w(in_channels: int, image_size: int, num_classes: int) -> LeNet:
     """Wide LeNet of the CIFAR local SGD studies (Lin et al. 2020): 64/64 channels,
     384/192 units."""
-    return LeNet(
-        in_channels, image_size, num_classes, conv_channels=(64, 64), hidden_features=(384, 192)
-    )
+    return LeNet(in_channels, image_size, num_classes, conv_channels=(64, 64), hidden_features=(384, 192))

@@ -97,6 +97,4 @@ def resnet18(in_channels: int, image_size: int, num_classes: int) -> ResNet:
     """ResNet-18 (He et al. 2016, Table 1) with a CIFAR stem. `image_size` is accepted for
     the registry's uniform signature; global pooling makes the network size-agnostic."""
     del image_size
-    return ResNet(
-        in_channels, num_classes, stage_channels=(64, 128, 256, 512), blocks_per_stage=(2, 2, 2, 2)
-    )
+    return ResNet(in_channels, num_classes, stage_channels=(64, 128, 256, 512), blocks_per_stage=(2, 2, 2, 2))

@@ -8,9 +8,7 @@ replaced by a single Linear(512, num_classes): at 32x32 the features are already
 
 from torch import Tensor, nn
 
-VGG11_CONFIG: tuple[int | str, ...] = (
-    64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"
-)
+VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 class VGG(nn.Module):

@@ -35,8 +35,7 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, depth: int, widen_factor: int,
-                 dropout: float = DROPOUT):
+    def __init__(self, in_channels: int, num_classes: int, depth: int, widen_factor: int, dropout: float = DROPOUT):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"depth must be 6n+4 with n >= 1, got {depth}")

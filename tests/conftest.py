@@ -18,11 +18,13 @@ import pytest
 PROCESS_STARTERS = frozenset({"run_main", "spawn_ranks", "run_ranks", "subprocess", "multiprocessing", "mp"})
 # Marked by hand (tests, or fixtures they take): in-process runs of a command-line tool, and the largest
 # models, each several seconds of computation; the sweep fixture launches main.py through tools.sweep.
-SLOW_BY_NAME = frozenset({
-    "smoke_runs",  # tests/test_sweep_report.py: the smoke sweep, four main.py runs
-    "test_command_line_writes_top_k_and_the_density_plot",  # tests/test_hessian_spectrum.py
-    "test_wide_resnets_match_the_paper_and_train_a_step",  # tests/test_models.py: WRN-28-10, 36M parameters
-})
+SLOW_BY_NAME = frozenset(
+    {
+        "smoke_runs",  # tests/test_sweep_report.py: the smoke sweep, four main.py runs
+        "test_command_line_writes_top_k_and_the_density_plot",  # tests/test_hessian_spectrum.py
+        "test_wide_resnets_match_the_paper_and_train_a_step",  # tests/test_models.py: WRN-28-10, 36M parameters
+    }
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,8 +41,11 @@ def process_starting_functions(path: Path) -> frozenset:
             references.setdefault(node.name, names_used(node))
     starting = set()
     while True:  # grow until stable: a function calling a starting function starts processes too
-        grown = {name for name, used in references.items()
-                 if used & (PROCESS_STARTERS | {n.split(".")[-1] for n in starting})}
+        grown = {
+            name
+            for name, used in references.items()
+            if used & (PROCESS_STARTERS | {n.split(".")[-1] for n in starting})
+        }
         if grown == starting:
             return frozenset(starting)
         starting = grown

@@ -89,8 +89,10 @@ class FakeCommunicator:
             thread.start()
         for thread in threads:
             thread.join()
-        first_error = next((e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)),
-                           next((e for e in errors if e is not None), None))
+        first_error = next(
+            (e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)),
+            next((e for e in errors if e is not None), None),
+        )
         if first_error is not None:
             raise first_error
         return results

@@ -20,10 +20,34 @@ from utilities.distributed import replicas_identical
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
-LEARN_ARGS = ["--dataset", "synthetic", "--synthetic-size", "4000", "--model", "mlp", "--batch-size", "32",
-              "--epochs", "2", "--log-every", "1000"]
-TINY = ["--dataset", "synthetic", "--synthetic-size", "2000", "--model", "lenet5", "--batch-size", "32",
-        "--epochs", "1", "--log-every", "1000"]
+LEARN_ARGS = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "4000",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--log-every",
+    "1000",
+]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "2000",
+    "--model",
+    "lenet5",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "1",
+    "--log-every",
+    "1000",
+]
 
 
 def child_env() -> dict:
@@ -32,8 +56,9 @@ def child_env() -> dict:
 
 def run_main(args: list, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run main.py in one process, or under torchrun with ``nproc`` ranks on this host."""
-    return subprocess.run(main_command(nproc, args), cwd=REPO, env=child_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        main_command(nproc, args), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def check_ok(result: subprocess.CompletedProcess) -> None:
@@ -71,8 +96,12 @@ def spawn_ranks(function, world_size: int, *args) -> list:
     with tempfile.TemporaryDirectory() as folder:
         manager = mp.Manager()
         results = manager.dict()
-        mp.spawn(_rank_entry, args=(world_size, os.path.join(folder, "rendezvous"), function, args, results),
-                 nprocs=world_size, join=True)
+        mp.spawn(
+            _rank_entry,
+            args=(world_size, os.path.join(folder, "rendezvous"), function, args, results),
+            nprocs=world_size,
+            join=True,
+        )
         return [results[rank] for rank in range(world_size)]
 
 

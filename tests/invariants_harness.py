@@ -57,10 +57,12 @@ class Probe:
                 self.window_collectives += 1
                 self.bytes += sum(t.numel() * t.element_size() for t in tensors)
             return function(*args, **kwargs)
+
         return wrapper
 
     def window(self, function):
         """A training window: it is a round when it issued at least one collective."""
+
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             outer = self.depth == 0
@@ -73,6 +75,7 @@ class Probe:
                 self.depth -= 1
                 if outer and self.window_collectives:
                     self.rounds += 1
+
         return wrapper
 
     def pause(self, function):
@@ -83,21 +86,28 @@ class Probe:
                 return function(*args, **kwargs)
             finally:
                 self.paused -= 1
+
         return wrapper
 
 
 def install(probe: Probe, inject_nan_at: int = -1) -> None:
     """Wrap torch.distributed's collectives and the training windows in this process."""
     import train.loop as loop
+    import train.sync.flat_buffer as flat_buffer
     import train.sync.hogwild as hogwild
     import train.sync.plsgd as plsgd
-    import train.sync.flat_buffer as flat_buffer
 
     for name in COLLECTIVES:
         if hasattr(dist, name):
             setattr(dist, name, probe.counted(getattr(dist, name)))
-    for module, name in ((loop, "all_reduce_sum"), (loop, "replicas_identical"), (hogwild, "all_reduce_sum"),
-                         (plsgd, "averaged_copy"), (hogwild, "averaged_copy"), (flat_buffer, "averaged_copy")):
+    for module, name in (
+        (loop, "all_reduce_sum"),
+        (loop, "replicas_identical"),
+        (hogwild, "all_reduce_sum"),
+        (plsgd, "averaged_copy"),
+        (hogwild, "averaged_copy"),
+        (flat_buffer, "averaged_copy"),
+    ):
         setattr(module, name, probe.pause(getattr(module, name)))
 
     original_evaluate = loop.evaluate
@@ -137,16 +147,32 @@ def _rank(rank: int, world_size: int, runs: list, results, inject_nan_at: int) -
     probe = Probe()
     install(probe, inject_nan_at)
     for argv, port in runs:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                          LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                          OMP_NUM_THREADS="1")
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
         probe.reset()
         code = main.main(argv)
         if dist.is_initialized():
             dist.destroy_process_group()
-        outcomes.append({"argv": argv, "code": code, "collectives": probe.collectives, "bytes": probe.bytes,
-                         "rounds": probe.rounds, "evaluated": list(probe.evaluated), "final": probe.final,
-                         "meter": probe.meter, "summary": probe.summary})
+        outcomes.append(
+            {
+                "argv": argv,
+                "code": code,
+                "collectives": probe.collectives,
+                "bytes": probe.bytes,
+                "rounds": probe.rounds,
+                "evaluated": list(probe.evaluated),
+                "final": probe.final,
+                "meter": probe.meter,
+                "summary": probe.summary,
+            }
+        )
     results[rank] = outcomes
 
 

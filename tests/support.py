@@ -27,8 +27,9 @@ EIGENVALUES = torch.tensor([5.0, 2.0, 1.0, -0.5], dtype=torch.float64)  # trace 
 def symmetric_matrix(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Q diag(eigenvalues) Q^T with a seeded random orthogonal Q."""
     generator = torch.Generator().manual_seed(seed)
-    basis, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=generator,
-                                           dtype=torch.float64))
+    basis, _ = torch.linalg.qr(
+        torch.randn(len(eigenvalues), len(eigenvalues), generator=generator, dtype=torch.float64)
+    )
     return basis @ torch.diag(eigenvalues) @ basis.T
 
 

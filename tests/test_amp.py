@@ -13,8 +13,20 @@ from tests.harness import check_ok, metrics, run_main, summary
 from utilities.amp import MixedPrecision
 
 # MLP: bf16 matrix products run on any CPU; 2 epochs of 112 steps.
-LEARN = ["--dataset", "synthetic", "--synthetic-size", "4000", "--model", "mlp", "--batch-size", "32",
-         "--epochs", "2", "--log-every", "1000"]
+LEARN = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "4000",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--log-every",
+    "1000",
+]
 
 
 def test_off_leaves_precision_and_steps_plainly():
@@ -101,5 +113,6 @@ def test_amp_with_hogwild_workers_is_refused_without_touching_the_output(tmp_pat
     result = run_main([*LEARN, "--training-type", "LAPSGD", "--amp", "bf16", "--output-dir", str(tmp_path / "run")])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --amp is not available for LPPSGD/LAPSGD (their workers train in fp32); use --amp off"]
+        "error: --amp is not available for LPPSGD/LAPSGD (their workers train in fp32); use --amp off"
+    ]
     assert not (tmp_path / "run").exists()

@@ -24,8 +24,12 @@ NPY = ["--dataset", "npy", "--model", "mlp", "--batch-size", "8", "--epochs", "1
 def npy_data(folder, images=GOOD_IMAGES, labels=GOOD_LABELS, test_images=None, test_labels=None, raw=None):
     """A data folder for --dataset npy; ``raw`` maps file names to bytes written as they are."""
     folder.mkdir(exist_ok=True)
-    for name, array in (("images.npy", images), ("labels.npy", labels), ("test_images.npy", test_images),
-                        ("test_labels.npy", test_labels)):
+    for name, array in (
+        ("images.npy", images),
+        ("labels.npy", labels),
+        ("test_images.npy", test_images),
+        ("test_labels.npy", test_labels),
+    ):
         if array is not None:
             np.save(folder / name, array)
     for name, payload in (raw or {}).items():
@@ -66,30 +70,43 @@ CASES = {
     "unsorted --milestones": (lambda d: [*TINY, "--milestones", "5", "2"], "--milestones"),
     "NaN --bucket-cap-mb": (lambda d: [*TINY, "--bucket-cap-mb", "nan"], "--bucket-cap-mb"),
     "negative --bucket-cap-mb": (lambda d: [*TINY, "--bucket-cap-mb", "-25"], "--bucket-cap-mb"),
-    "NaN --adaptive-thresholds": (lambda d: [*TINY, "--adaptive-thresholds", "0.1", "nan", "0.01"],
-                                  "--adaptive-thresholds"),
-    "negative --adaptive-thresholds": (lambda d: [*TINY, "--adaptive-thresholds", "0.1", "-0.1", "0.01"],
-                                       "--adaptive-thresholds"),
-    "more micro-batches than images": (lambda d: [*TINY, "--batch-size", "16", "--accumulation-steps", "64"],
-                                       "--accumulation-steps"),
+    "NaN --adaptive-thresholds": (
+        lambda d: [*TINY, "--adaptive-thresholds", "0.1", "nan", "0.01"],
+        "--adaptive-thresholds",
+    ),
+    "negative --adaptive-thresholds": (
+        lambda d: [*TINY, "--adaptive-thresholds", "0.1", "-0.1", "0.01"],
+        "--adaptive-thresholds",
+    ),
+    "more micro-batches than images": (
+        lambda d: [*TINY, "--batch-size", "16", "--accumulation-steps", "64"],
+        "--accumulation-steps",
+    ),
     "LAPSGD batch larger than a worker's shard": (
-        lambda d: [*TINY, "--training-type", "LAPSGD", "--workers-per-node", "2", "--batch-size", "1000"], "worker"),
+        lambda d: [*TINY, "--training-type", "LAPSGD", "--workers-per-node", "2", "--batch-size", "1000"],
+        "worker",
+    ),
     "npy empty": (lambda d: npy_data(d, GOOD_IMAGES[:0], GOOD_LABELS[:0]), "empty"),
     "npy 3 samples": (lambda d: npy_data(d, GOOD_IMAGES[:3], GOOD_LABELS[:3]), "test split is empty"),
     "npy garbage": (lambda d: npy_data(d, raw={"images.npy": b"this is no array\n" * 20}), "images.npy"),
     "npy truncated": (truncated_npy, "images.npy"),
-    "npy object array": (lambda d: npy_data(d, labels=np.array([{}] * 200, dtype=object)),
-                         "labels.npy"),
+    "npy object array": (lambda d: npy_data(d, labels=np.array([{}] * 200, dtype=object)), "labels.npy"),
     "npy string labels": (lambda d: npy_data(d, labels=np.array(["cat", "dog"] * 100)), "integer class indices"),
     "npy label -1": (lambda d: npy_data(d, labels=np.where(GOOD_LABELS == 3, -1, GOOD_LABELS)), "label is -1"),
-    "npy label 1e9": (lambda d: npy_data(d, labels=np.where(GOOD_LABELS == 3, 10 ** 9, GOOD_LABELS)), "classes"),
+    "npy label 1e9": (lambda d: npy_data(d, labels=np.where(GOOD_LABELS == 3, 10**9, GOOD_LABELS)), "classes"),
     "npy float labels": (lambda d: npy_data(d, labels=GOOD_LABELS + 0.5), "integer class indices"),
-    "npy test labels out of range": (lambda d: npy_data(d, test_images=GOOD_IMAGES[:20], test_labels=np.arange(20)),
-                                     "test label is"),
+    "npy test labels out of range": (
+        lambda d: npy_data(d, test_images=GOOD_IMAGES[:20], test_labels=np.arange(20)),
+        "test label is",
+    ),
     "npy test split of another length": (
-        lambda d: npy_data(d, test_images=GOOD_IMAGES[:20], test_labels=GOOD_LABELS[:19]), "test split has 20"),
+        lambda d: npy_data(d, test_images=GOOD_IMAGES[:20], test_labels=GOOD_LABELS[:19]),
+        "test split has 20",
+    ),
     "npy test split of another shape": (
-        lambda d: npy_data(d, test_images=GOOD_IMAGES[:20, :4], test_labels=GOOD_LABELS[:20]), "shape"),
+        lambda d: npy_data(d, test_images=GOOD_IMAGES[:20, :4], test_labels=GOOD_LABELS[:20]),
+        "shape",
+    ),
 }
 
 
@@ -140,8 +157,13 @@ def test_read_only_output_dir_is_refused_before_anything_is_made(tmp_path, capsy
     locked.chmod(0o555)
     if os.geteuid() == 0:  # root writes through the mode bits, so make the check see them as a user would
         real_access = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode, *rest, **options:
-                            os.fspath(path) != str(locked) and real_access(path, mode, *rest, **options))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode, *rest, **options: (
+                os.fspath(path) != str(locked) and real_access(path, mode, *rest, **options)
+            ),
+        )
     one_error_line(capsys, main.main([*TINY, "--output-dir", str(locked / "run")]), "not writable")
     assert list(locked.iterdir()) == []
 
@@ -161,8 +183,14 @@ def test_full_disk_gives_one_line(tmp_path, capsys, monkeypatch):
 
 def test_the_command_line_path_prints_no_traceback(tmp_path):
     npy_args = npy_data(tmp_path / "data", labels=np.where(GOOD_LABELS == 3, -1, GOOD_LABELS))
-    result = subprocess.run([sys.executable, str(REPO / "main.py"), *npy_args, "--output-dir", str(tmp_path / "run")],
-                            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *npy_args, "--output-dir", str(tmp_path / "run")],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
@@ -171,11 +199,32 @@ def start_two_ranks(argv_of_rank, output):
     port = free_port()
     ranks = []
     for rank in range(2):
-        env = dict(child_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))
-        ranks.append(subprocess.Popen([sys.executable, str(REPO / "main.py"), *argv_of_rank(rank), "--timeout", "60",
-                                       "--output-dir", str(output)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = dict(
+            child_env(),
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        ranks.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "main.py"),
+                    *argv_of_rank(rank),
+                    "--timeout",
+                    "60",
+                    "--output-dir",
+                    str(output),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         stderr = [process.communicate(timeout=120)[1] for process in ranks]
     finally:
@@ -188,11 +237,15 @@ MULTI_RANK_CASES = {
     # Both ranks fail after the process group exists: the lower one prints.
     "--hierarchy on ranks that do not split into nodes": (
         lambda d: lambda rank: [*TINY, "--training-type", "PLSGD", "--hierarchy", "2", "4", "--ranks-per-node", "3"],
-        0, "--ranks-per-node"),
+        0,
+        "--ranks-per-node",
+    ),
     # Only rank 1 fails (its node's data folder is bad): rank 1 prints, rank 0 stops instead of waiting.
     "bad data on one rank only": (
         lambda d: lambda rank: npy_data(d / f"data-{rank}", labels=GOOD_LABELS if rank == 0 else GOOD_LABELS + 0.5),
-        1, "integer class indices"),
+        1,
+        "integer class indices",
+    ),
     # Both ranks fail before the process group exists: rank 0 prints.
     "bad flag on every rank": (lambda d: lambda rank: [*TINY, "--gamma", "nan"], 0, "--gamma"),
 }
@@ -210,9 +263,24 @@ def test_on_two_ranks_one_line_in_all_and_every_rank_exits_2(case, tmp_path):
 
 
 def test_under_torchrun_the_line_appears_once(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               str(REPO / "main.py"), *TINY, "--training-type", "PLSGD", "--hierarchy", "2", "4",
-               "--ranks-per-node", "3", "--output-dir", str(tmp_path / "run")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(REPO / "main.py"),
+        *TINY,
+        "--training-type",
+        "PLSGD",
+        "--hierarchy",
+        "2",
+        "4",
+        "--ranks-per-node",
+        "3",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     result = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 1  # the agent's own code; the ranks' code 2 is in its failure report
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -9,10 +9,29 @@ from bench.common import REPO, child_environment, parse_markdown_table
 def test_local_methods_table_has_every_type_and_local_sgd_talks_a_quarter_as_often(tmp_path):
     out = tmp_path / "table.md"
     # Batch 32 per rank: 1800 training images over 2 ranks give 28 steps, a multiple of J = 4.
-    command = [sys.executable, str(REPO / "bench" / "local_methods.py"), "--dataset", "synthetic",
-               "--synthetic-size", "2000", "--model", "mlp", "--epochs", "1", "--batch-size", "32",
-               "--types", "MBSGD", "PLSGD", "--local-steps", "4", "--runs-dir", str(tmp_path / "runs"),
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "local_methods.py"),
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "2000",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--types",
+        "MBSGD",
+        "PLSGD",
+        "--local-steps",
+        "4",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, cwd=REPO, env=child_environment(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == out.read_text().strip()

@@ -5,16 +5,25 @@ import os
 import pytest
 import torch
 
-from utilities.checkpoint import (CheckpointError, atomic_torch_save, checkpoint_path, list_checkpoints,
-                                  load_checkpoint, newest_valid_checkpoint, save_checkpoint)
+from utilities.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    newest_valid_checkpoint,
+    save_checkpoint,
+)
 
 
 def state_of(epoch):
     generator = torch.Generator().manual_seed(epoch)
-    return {"model": {"weight": torch.randn(4, 3, generator=generator), "bias": torch.zeros(4)},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1 * epoch}]},
-            "progress": {"epoch": epoch, "step": 10 * epoch},
-            "identity": {"training_type": "MBSGD"}}
+    return {
+        "model": {"weight": torch.randn(4, 3, generator=generator), "bias": torch.zeros(4)},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1 * epoch}]},
+        "progress": {"epoch": epoch, "step": 10 * epoch},
+        "identity": {"training_type": "MBSGD"},
+    }
 
 
 def assert_same_state(loaded, expected):
@@ -60,7 +69,7 @@ def test_truncated_file_without_checksum_cannot_be_loaded(tmp_path):
     os.remove(path + ".sha256")
     data = open(path, "rb").read()
     with open(path, "wb") as handle:
-        handle.write(data[:len(data) // 2])
+        handle.write(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         load_checkpoint(path)
 
@@ -107,8 +116,12 @@ def test_keep_bounds_the_number_of_checkpoints(tmp_path):
     for epoch in range(1, 6):
         save_checkpoint(state_of(epoch), str(tmp_path), epoch, keep=2)
         assert len(list_checkpoints(str(tmp_path))) == min(epoch, 2)
-    assert sorted(os.listdir(tmp_path)) == ["epoch-00004.pt", "epoch-00004.pt.sha256",
-                                            "epoch-00005.pt", "epoch-00005.pt.sha256"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "epoch-00004.pt",
+        "epoch-00004.pt.sha256",
+        "epoch-00005.pt",
+        "epoch-00005.pt.sha256",
+    ]
     assert_same_state(load_checkpoint(checkpoint_path(str(tmp_path), 5)), state_of(5))
 
 
@@ -133,8 +146,13 @@ def test_no_temporary_files_left_behind(tmp_path):
     atomic_torch_save({"model": {}}, str(tmp_path / "model.pt"))
     leftovers = [name for name in os.listdir(tmp_path) if ".tmp" in name]
     assert leftovers == []
-    assert sorted(os.listdir(tmp_path)) == ["epoch-00002.pt", "epoch-00002.pt.sha256", "epoch-00003.pt",
-                                            "epoch-00003.pt.sha256", "model.pt"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "epoch-00002.pt",
+        "epoch-00002.pt.sha256",
+        "epoch-00003.pt",
+        "epoch-00003.pt.sha256",
+        "model.pt",
+    ]
 
 
 def test_overwriting_a_checkpoint_replaces_it(tmp_path):

@@ -21,8 +21,18 @@ from tests.harness import REPO, check_ok, child_env, metrics, run_main
 from utilities.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utilities.resume import newest_complete_state
 
-SMALL = ["--dataset", "synthetic", "--synthetic-size", "1400", "--model", "mlp", "--batch-size", "32",
-         "--log-every", "1000"]
+SMALL = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "1400",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--log-every",
+    "1000",
+]
 LOCAL = [*SMALL, "--training-type", "PLSGD", "--local-steps", "4", "--epochs", "3"]  # 19 steps per epoch
 
 
@@ -39,8 +49,11 @@ class RunsCode:
 def plant_crafted_checkpoint(path, marker, with_checksum: bool) -> None:
     """A file named like a checkpoint whose pickle runs a command; with a matching .sha256 if asked."""
     if with_checksum:
-        save_checkpoint({"model": {"weight": torch.ones(1)}, "hook": RunsCode(marker)}, os.path.dirname(path),
-                        epoch=int(os.path.basename(path)[6:11]))
+        save_checkpoint(
+            {"model": {"weight": torch.ones(1)}, "hook": RunsCode(marker)},
+            os.path.dirname(path),
+            epoch=int(os.path.basename(path)[6:11]),
+        )
     else:
         torch.save({"model": {}, "hook": RunsCode(marker)}, path)
 
@@ -75,6 +88,7 @@ def run_copy(two_rank_run, tmp_path):
 
 # ----- unsafe files -----------------------------------------------------------------------------------
 
+
 def test_a_crafted_checkpoint_with_a_valid_checksum_runs_no_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "epoch-00001.pt"
@@ -86,8 +100,9 @@ def test_a_crafted_checkpoint_with_a_valid_checksum_runs_no_code(tmp_path):
 
 def test_a_checkpoint_without_its_checksum_is_skipped_with_one_warning(tmp_path, capsys):
     for epoch in (1, 2):
-        save_checkpoint({"model": {"w": torch.full((2,), float(epoch))}, "progress": {"epoch": epoch}},
-                        str(tmp_path), epoch)
+        save_checkpoint(
+            {"model": {"w": torch.full((2,), float(epoch))}, "progress": {"epoch": epoch}}, str(tmp_path), epoch
+        )
     os.remove(tmp_path / "epoch-00002.pt.sha256")
     state = newest_complete_state(str(tmp_path), rank=0, device="cpu")
     assert state["progress"]["epoch"] == 1
@@ -100,8 +115,7 @@ def test_numpy_and_dataclass_values_are_saved_as_plain_types(tmp_path):
     class Progress:
         epoch: int = 3
 
-    state = {"model": {"w": torch.ones(2)}, "loss": numpy.float32(0.5), "rng": numpy.arange(3),
-             "progress": Progress()}
+    state = {"model": {"w": torch.ones(2)}, "loss": numpy.float32(0.5), "rng": numpy.arange(3), "progress": Progress()}
     loaded = load_checkpoint(save_checkpoint(state, str(tmp_path), epoch=1))  # weights_only=True
     assert loaded["loss"] == 0.5 and type(loaded["loss"]) is float
     assert torch.equal(loaded["rng"], torch.arange(3)) and loaded["progress"] == {"epoch": 3}
@@ -115,13 +129,17 @@ def test_resume_auto_skips_a_crafted_newest_file_without_running_it(run_copy, tm
     check_ok(result)
     assert not marker.exists()
     warnings = lines_starting(result.stderr, "warning:")
-    assert len(warnings) == 1 and "epoch 99999" in warnings[0] and "rank 1: epoch-99999.rank-1.pt is missing" \
-        in warnings[0], result.stderr
+    assert (
+        len(warnings) == 1
+        and "epoch 99999" in warnings[0]
+        and "rank 1: epoch-99999.rank-1.pt is missing" in warnings[0]
+    ), result.stderr
     assert "resuming after epoch 2" in result.stderr
     assert [row["epoch"] for row in metrics(run_copy)] == [1, 2, 3]
 
 
 # ----- incomplete sets ----------------------------------------------------------------------------------
+
 
 def truncate(path):
     path.write_bytes(path.read_bytes()[:-100])
@@ -147,8 +165,11 @@ def test_a_bad_rank_1_file_makes_every_rank_resume_the_older_complete_epoch(run_
 def test_resume_from_a_path_never_loads_another_ranks_state(run_copy):
     remove_with_checksum(run_copy / "checkpoints" / "epoch-00002.rank-1.pt")
     before = snapshot(run_copy)
-    result = run_main([*LOCAL, "--resume", str(run_copy / "checkpoints" / "epoch-00002.pt"),
-                       "--output-dir", str(run_copy)], nproc=2, timeout=120)
+    result = run_main(
+        [*LOCAL, "--resume", str(run_copy / "checkpoints" / "epoch-00002.pt"), "--output-dir", str(run_copy)],
+        nproc=2,
+        timeout=120,
+    )
     assert result.returncode != 0 and no_rank_traceback(result.stderr)
     errors = lines_starting(result.stderr, "error:")
     assert errors and all("rank 1: epoch-00002.rank-1.pt is missing" in line for line in errors), result.stderr
@@ -157,20 +178,27 @@ def test_resume_from_a_path_never_loads_another_ranks_state(run_copy):
 
 # ----- changed settings ---------------------------------------------------------------------------------
 
+
 def test_resume_with_another_J_is_refused_naming_the_change(run_copy):
     before = snapshot(run_copy)
-    result = run_main([*LOCAL, "--local-steps", "8", "--lr", "0.1", "--resume", "auto",
-                       "--output-dir", str(run_copy)], nproc=2)
+    result = run_main(
+        [*LOCAL, "--local-steps", "8", "--lr", "0.1", "--resume", "auto", "--output-dir", str(run_copy)], nproc=2
+    )
     assert result.returncode != 0 and no_rank_traceback(result.stderr)
     errors = lines_starting(result.stderr, "error:")
-    assert errors and all("local-steps 4 -> 8" in line and "lr 0.05 -> 0.1" in line
-                          and "--allow-config-change" in line for line in errors), result.stderr
+    assert errors and all(
+        "local-steps 4 -> 8" in line and "lr 0.05 -> 0.1" in line and "--allow-config-change" in line for line in errors
+    ), result.stderr
     assert snapshot(run_copy) == before
 
 
 def test_an_allowed_change_of_J_takes_effect_and_is_recorded(run_copy):
-    check_ok(run_main([*LOCAL, "--local-steps", "8", "--allow-config-change", "--resume", "auto",
-                       "--output-dir", str(run_copy)], nproc=2))
+    check_ok(
+        run_main(
+            [*LOCAL, "--local-steps", "8", "--allow-config-change", "--resume", "auto", "--output-dir", str(run_copy)],
+            nproc=2,
+        )
+    )
     rows = metrics(run_copy)
     steps = rows[2]["step"] - rows[1]["step"]
     # Two epochs of J=4 left steps_since_sync at (2 x 19) mod 4; from there on a round every 8 steps.
@@ -181,6 +209,7 @@ def test_an_allowed_change_of_J_takes_effect_and_is_recorded(run_copy):
 
 
 # ----- the output folder --------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
@@ -198,10 +227,13 @@ def single_copy(single_run, tmp_path):
 
 
 def start_lock_holder(folder):
-    code = ("import sys, time; from utilities.run_lock import hold_output_folder; "
-            "hold_output_folder(sys.argv[1], 0); print('held', flush=True); time.sleep(300)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, env=child_env(),
-                              stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from utilities.run_lock import hold_output_folder; "
+        "hold_output_folder(sys.argv[1], 0); print('held', flush=True); time.sleep(300)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -211,8 +243,9 @@ def test_a_second_run_in_a_locked_folder_exits_naming_the_holder(single_copy, np
     holder = start_lock_holder(single_copy)
     try:
         before = snapshot(single_copy)
-        result = run_main([*SMALL, "--epochs", "2", "--resume", "auto", "--output-dir", str(single_copy)],
-                          nproc=nproc, timeout=120)
+        result = run_main(
+            [*SMALL, "--epochs", "2", "--resume", "auto", "--output-dir", str(single_copy)], nproc=nproc, timeout=120
+        )
         assert snapshot(single_copy) == before
     finally:
         holder.kill()
@@ -246,13 +279,18 @@ def test_orphan_temporary_files_are_removed_and_not_counted(single_copy):
     orphans = [single_copy / "checkpoints" / "epoch-00003.pt.tmp.4242", single_copy / "model.pt.tmp.17"]
     for orphan in orphans:
         orphan.write_bytes(b"half a file")
-    check_ok(run_main([*SMALL, "--epochs", "3", "--keep-checkpoints", "1", "--resume", "auto",
-                       "--output-dir", str(single_copy)]))
+    check_ok(
+        run_main(
+            [*SMALL, "--epochs", "3", "--keep-checkpoints", "1", "--resume", "auto", "--output-dir", str(single_copy)]
+        )
+    )
     assert not any(orphan.exists() for orphan in orphans)
     recorded = yaml.safe_load((single_copy / "config.yaml").read_text())  # a longer run needs no flag
     assert recorded["config_changes"] == [{"from_epoch": 2, "changes": {"epochs": {"from": 2, "to": 3}}}]
-    assert sorted(p.name for p in (single_copy / "checkpoints").iterdir()) == ["epoch-00003.pt",
-                                                                               "epoch-00003.pt.sha256"]
+    assert sorted(p.name for p in (single_copy / "checkpoints").iterdir()) == [
+        "epoch-00003.pt",
+        "epoch-00003.pt.sha256",
+    ]
 
 
 def test_a_full_disk_while_writing_a_checkpoint_is_one_error_line(tmp_path, monkeypatch, capsys):
@@ -274,8 +312,9 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_error_line(tmp_path, monk
 
 def test_resume_auto_with_another_world_size_is_refused_not_restarted(single_copy):
     before = snapshot(single_copy)
-    result = run_main([*SMALL, "--epochs", "2", "--resume", "auto", "--output-dir", str(single_copy)], nproc=2,
-                      timeout=120)
+    result = run_main(
+        [*SMALL, "--epochs", "2", "--resume", "auto", "--output-dir", str(single_copy)], nproc=2, timeout=120
+    )
     assert result.returncode != 0 and no_rank_traceback(result.stderr)
     errors = lines_starting(result.stderr, "error:")
     assert len(errors) == 1 and "from a run on 1 rank(s)" in errors[0], result.stderr  # agreed: printed once

@@ -82,8 +82,9 @@ def test_overlap_keeps_accuracy_of_blocking_averaging(tmp_path):
 def test_gradient_compression_hooks_cut_mbsgd_bytes(tmp_path):
     args = [*LEARN_ARGS, "--training-type", "MBSGD", "--epochs", "1"]
     for compression in ("none", "fp16", "powersgd"):
-        check_ok(run_main([*args, "--grad-compression", compression, "--output-dir", str(tmp_path / compression)],
-                          nproc=2))
+        check_ok(
+            run_main([*args, "--grad-compression", compression, "--output-dir", str(tmp_path / compression)], nproc=2)
+        )
     fp32, fp16, powersgd = (summary(tmp_path / name) for name in ("none", "fp16", "powersgd"))
     assert fp16["comm_bytes"] * 2 == fp32["comm_bytes"]
     assert fp16["replicas_identical"] and fp16["final_test_accuracy"] > 0.5

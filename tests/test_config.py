@@ -234,21 +234,25 @@ def test_missing_yaml_file_rejected(tmp_path):
     assert "absent.yaml" in message and "not found" in message
 
 
-@pytest.mark.parametrize("text, flag_name", [
-    ("epochs: 2.5\n", "--epochs"),
-    ("epochs: null\n", "--epochs"),
-    ("lr: [1, 2]\n", "--lr"),
-    ("download: maybe\n", "--download"),
-    ("milestones: [a, b]\n", "--milestones"),
-    ("model: nope\n", "--model"),
-    ("val_ratio: 1.5\n", "--val-ratio"),
-])
+@pytest.mark.parametrize(
+    "text, flag_name",
+    [
+        ("epochs: 2.5\n", "--epochs"),
+        ("epochs: null\n", "--epochs"),
+        ("lr: [1, 2]\n", "--lr"),
+        ("download: maybe\n", "--download"),
+        ("milestones: [a, b]\n", "--milestones"),
+        ("model: nope\n", "--model"),
+        ("val_ratio: 1.5\n", "--val-ratio"),
+    ],
+)
 def test_bad_yaml_values_rejected_naming_the_flag(tmp_path, text, flag_name):
     assert flag_name in config_error(["--config", write_yaml(tmp_path, text)])
 
 
-@pytest.mark.parametrize("text, flag_name", [("epochs: true\n", "--epochs"), ("lr: true\n", "--lr"),
-                                             ("batch_size: true\n", "--batch-size")])
+@pytest.mark.parametrize(
+    "text, flag_name", [("epochs: true\n", "--epochs"), ("lr: true\n", "--lr"), ("batch_size: true\n", "--batch-size")]
+)
 def test_yaml_boolean_for_a_number_rejected(tmp_path, text, flag_name):
     # Style note 5: wrong types fail loudly. `epochs: true` must not silently become 1 epoch.
     assert flag_name in config_error(["--config", write_yaml(tmp_path, text)])
@@ -257,29 +261,32 @@ def test_yaml_boolean_for_a_number_rejected(tmp_path, text, flag_name):
 # ----------------------------------------------------------------------------- CLI errors
 
 
-@pytest.mark.parametrize("argv, flag_name", [
-    (["--lr", "-1"], "--lr"),
-    (["--lr", "0"], "--lr"),
-    (["--lr", "nan"], "--lr"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--val-ratio", "1.5"], "--val-ratio"),
-    (["--val-ratio", "0"], "--val-ratio"),
-    (["--test-ratio", "1"], "--test-ratio"),
-    (["--local-steps", "0"], "--local-steps"),
-    (["--training-type", "Nope"], "--training-type"),
-    (["--dataset", "nope"], "--dataset"),
-    (["--model", "nope"], "--model"),
-    (["--optimizer", "nope"], "--optimizer"),
-    (["--epochs", "abc"], "--epochs"),
-    (["--epochs", "0"], "--epochs"),
-    (["--momentum", "1"], "--momentum"),
-    (["--weight-decay", "-0.1"], "--weight-decay"),
-    (["--timeout", "0"], "--timeout"),
-    (["--milestones", "a"], "--milestones"),
-    (["--workers-per-node", "0"], "--workers-per-node"),
-    (["--train_processing_bs", "abc"], "--train_processing_bs"),
-    (["--scheduler-type", "linear"], "--scheduler-type"),
-])
+@pytest.mark.parametrize(
+    "argv, flag_name",
+    [
+        (["--lr", "-1"], "--lr"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--val-ratio", "1.5"], "--val-ratio"),
+        (["--val-ratio", "0"], "--val-ratio"),
+        (["--test-ratio", "1"], "--test-ratio"),
+        (["--local-steps", "0"], "--local-steps"),
+        (["--training-type", "Nope"], "--training-type"),
+        (["--dataset", "nope"], "--dataset"),
+        (["--model", "nope"], "--model"),
+        (["--optimizer", "nope"], "--optimizer"),
+        (["--epochs", "abc"], "--epochs"),
+        (["--epochs", "0"], "--epochs"),
+        (["--momentum", "1"], "--momentum"),
+        (["--weight-decay", "-0.1"], "--weight-decay"),
+        (["--timeout", "0"], "--timeout"),
+        (["--milestones", "a"], "--milestones"),
+        (["--workers-per-node", "0"], "--workers-per-node"),
+        (["--train_processing_bs", "abc"], "--train_processing_bs"),
+        (["--scheduler-type", "linear"], "--scheduler-type"),
+    ],
+)
 def test_bad_values_rejected_naming_the_flag(argv, flag_name):
     assert flag_name in config_error(argv)
 
@@ -341,8 +348,13 @@ def test_list_flags():
 
 
 def test_main_reports_bad_flag_in_one_line_with_exit_code_2():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--epochs", "abc"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), "--epochs", "abc"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

@@ -9,7 +9,6 @@ from tests.support import config_error, write_yaml
 from utilities import config_aliases
 from utilities.config import FIELDS, Config, ConfigError, parse_config
 
-
 # ----------------------------------------------------------------------------- LPP-SGD aliases
 
 
@@ -44,8 +43,10 @@ def test_alias_test_processing_bs():
     assert parse_config(["--test_processing_bs", "250"]).eval_batch_size == 250
 
 
-@pytest.mark.parametrize("alias, ours", [("res20", "resnet20"), ("res18", "resnet18"), ("resnet", "resnet20"),
-                                         ("lenet", "lenet5"), ("vgg", "vgg11")])
+@pytest.mark.parametrize(
+    "alias, ours",
+    [("res20", "resnet20"), ("res18", "resnet18"), ("resnet", "resnet20"), ("lenet", "lenet5"), ("vgg", "vgg11")],
+)
 def test_alias_model_names(alias, ours):
     assert parse_config(["--model", alias]).model == ours
 
@@ -76,8 +77,9 @@ def test_alias_scheduler_type_contradicting_lr_schedule_rejected():
 
 
 def test_alias_lrmilestone_gamma_warmup_baseline():
-    config = parse_config(["--lrmilestone", "10", "20", "--gamma", "0.5", "--warm_up_epochs", "5",
-                           "--baseline_lr", "0.01"])
+    config = parse_config(
+        ["--lrmilestone", "10", "20", "--gamma", "0.5", "--warm_up_epochs", "5", "--baseline_lr", "0.01"]
+    )
     assert config.milestones == [10, 20]
     assert config.gamma == 0.5
     assert config.warmup_epochs == 5.0
@@ -110,8 +112,9 @@ def test_alias_local_sgd_is_plsgd():
 
 
 def test_alias_num_processes_prepass_lars_eta():
-    config = parse_config(["--training-type", "LPPSGD", "--num-processes", "3", "--prepassmepochs", "2", "--lars",
-                           "--eta", "0.002"])
+    config = parse_config(
+        ["--training-type", "LPPSGD", "--num-processes", "3", "--prepassmepochs", "2", "--lars", "--eta", "0.002"]
+    )
     assert config.workers_per_node == 3
     assert config.prepass_epochs == 2
     assert config.optimizer == "lars"
@@ -119,13 +122,25 @@ def test_alias_num_processes_prepass_lars_eta():
 
 
 def test_alias_dist_backend_url_test_freq_storeresults():
-    config = parse_config(["--dist-backend", "gloo", "--dist-url", "tcp://x:1", "--test-freq", "2",
-                           "--storeresults", "--output-dir", "out"])
+    config = parse_config(
+        [
+            "--dist-backend",
+            "gloo",
+            "--dist-url",
+            "tcp://x:1",
+            "--test-freq",
+            "2",
+            "--storeresults",
+            "--output-dir",
+            "out",
+        ]
+    )
     assert config.backend == "gloo"
     assert config.dist_url == "tcp://x:1"
     assert config.eval_every == 2
-    assert config == dataclasses.replace(Config(), backend="gloo", dist_url="tcp://x:1", eval_every=2,
-                                         store_results=True, output_dir="out")
+    assert config == dataclasses.replace(
+        Config(), backend="gloo", dist_url="tcp://x:1", eval_every=2, store_results=True, output_dir="out"
+    )
 
 
 def test_alias_dist_backend_mpi_runs_as_gloo_with_a_warning(capsys):
@@ -137,14 +152,17 @@ def test_alias_dist_backend_choice_checked():
     assert "--dist-backend" in config_error(["--dist-backend", "tcp"])
 
 
-@pytest.mark.parametrize("argv", [
-    ["--averaging_freq", "4", "--local-steps", "8"],
-    ["--train_processing_bs", "32", "--batch-size", "64"],
-    ["--cuda", "--device", "cpu"],
-    ["--lars", "--optimizer", "sgd"],
-    ["--dist-backend", "gloo", "--backend", "nccl"],
-    ["--lrmilestone", "10", "--milestones", "20"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--averaging_freq", "4", "--local-steps", "8"],
+        ["--train_processing_bs", "32", "--batch-size", "64"],
+        ["--cuda", "--device", "cpu"],
+        ["--lars", "--optimizer", "sgd"],
+        ["--dist-backend", "gloo", "--backend", "nccl"],
+        ["--lrmilestone", "10", "--milestones", "20"],
+    ],
+)
 def test_alias_contradicting_its_own_flag_rejected(argv):
     message = config_error(argv)
     assert argv[0] in message and "contradicts" in message
@@ -232,11 +250,21 @@ def test_lppsgd_flags_without_output_dir_give_a_timestamped_folder(tmp_path):
     assert not parse_config(["--batch-size", "32"]).timestamped_output_dir
 
 
-@pytest.mark.parametrize("alias, dataset, ours", [
-    ("res32", "cifar10", "resnet32"), ("wnet168", "cifar10", "wrn16_8"), ("wnet28", "cifar100", "wrn28_10"),
-    ("res50", "imagenet", "tv_resnet50"), ("res34", "imagenet", "tv_resnet34"), ("small", "mnist", "small"),
-    ("res18", "imagenet", "tv_resnet18"), ("res18", "cifar10", "resnet18"), ("res18", None, "resnet18"),
-    ("res20", "cifar10", "resnet20")])
+@pytest.mark.parametrize(
+    "alias, dataset, ours",
+    [
+        ("res32", "cifar10", "resnet32"),
+        ("wnet168", "cifar10", "wrn16_8"),
+        ("wnet28", "cifar100", "wrn28_10"),
+        ("res50", "imagenet", "tv_resnet50"),
+        ("res34", "imagenet", "tv_resnet34"),
+        ("small", "mnist", "small"),
+        ("res18", "imagenet", "tv_resnet18"),
+        ("res18", "cifar10", "resnet18"),
+        ("res18", None, "resnet18"),
+        ("res20", "cifar10", "resnet20"),
+    ],
+)
 def test_lppsgd_model_names_on_the_alias_layer(alias, dataset, ours):
     # LPP-SGD's res18 is torchvision's ResNet-18; ours keeps the CIFAR stem unless the data is ImageNet.
     settings = {"model": alias, **({"dataset": dataset} if dataset else {})}

@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders import (DataError, EvalBatches, Normalizer, TrainBatches, build_data, load_raw, shard_indices,
-                         split_train_val)
+from dataloaders import (
+    DataError,
+    EvalBatches,
+    Normalizer,
+    TrainBatches,
+    build_data,
+    load_raw,
+    shard_indices,
+    split_train_val,
+)
 from dataloaders.loader import PAD, random_crop_flip
 from dataloaders.sources import RawData
 
@@ -32,9 +40,13 @@ def random_images(count, channels=3, height=8, width=8, seed=0):
 
 def labelled_raw(count, test_count=20, channels=3, size=8):
     """RawData whose training labels are 0..count-1 (one per sample) and test labels count.."""
-    return RawData(random_images(count, channels, size, size), torch.arange(count),
-                   random_images(test_count, channels, size, size, seed=1), torch.arange(count, count + test_count),
-                   count + test_count)
+    return RawData(
+        random_images(count, channels, size, size),
+        torch.arange(count),
+        random_images(test_count, channels, size, size, seed=1),
+        torch.arange(count, count + test_count),
+        count + test_count,
+    )
 
 
 def reference_crop_flip(images, offsets, flips):
@@ -43,7 +55,7 @@ def reference_crop_flip(images, offsets, flips):
     padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))
     out = []
     for image, (dy, dx), flip in zip(padded, offsets.tolist(), flips.tolist()):
-        crop = image[:, dy:dy + height, dx:dx + width]
+        crop = image[:, dy : dy + height, dx : dx + width]
         out.append(crop.flip(-1) if flip else crop)
     return torch.stack(out)
 
@@ -146,8 +158,9 @@ def test_normalizer_of_a_constant_channel_does_not_divide_by_zero():
 
 def train_batches(count=100, batch_size=8, rank=0, world_size=1, seed=0, augment=True, flip=True):
     images = random_images(count)
-    return TrainBatches(images, torch.arange(count), identity_normalizer(3), batch_size, rank, world_size, seed,
-                        augment, flip)
+    return TrainBatches(
+        images, torch.arange(count), identity_normalizer(3), batch_size, rank, world_size, seed, augment, flip
+    )
 
 
 def as_lists(batches):
@@ -155,8 +168,9 @@ def as_lists(batches):
 
 
 def same_batches(first, second):
-    return len(first) == len(second) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-                                             for a, b in zip(first, second))
+    return len(first) == len(second) and all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second)
+    )
 
 
 def test_train_batches_shapes_and_steps():
@@ -174,7 +188,7 @@ def test_train_batches_without_augmentation_are_the_shard():
     batches = as_lists(loader.epoch(4))
     shard = shard_indices(50, 1, 2, 3, 4)
     targets = torch.cat([t for _, t in batches])
-    assert torch.equal(targets, shard[:len(targets)])
+    assert torch.equal(targets, shard[: len(targets)])
     inputs = torch.cat([x for x, _ in batches])
     assert torch.equal(inputs, loader.images[targets].float() / 255)
 
@@ -225,8 +239,9 @@ def test_resume_at_the_end_of_an_epoch_yields_nothing():
 def crops_of(image, flipped):
     """All (2*PAD+1)^2 crops of one image, mirrored if ``flipped``."""
     count = (2 * PAD + 1) ** 2
-    offsets = torch.stack(torch.meshgrid(torch.arange(2 * PAD + 1), torch.arange(2 * PAD + 1), indexing="ij"),
-                          -1).reshape(-1, 2)
+    offsets = torch.stack(
+        torch.meshgrid(torch.arange(2 * PAD + 1), torch.arange(2 * PAD + 1), indexing="ij"), -1
+    ).reshape(-1, 2)
     return random_crop_flip(image.expand(count, -1, -1, -1), offsets, torch.full((count,), flipped))
 
 
@@ -235,7 +250,7 @@ def flip_count(loader, epoch):
     flipped = 0
     for inputs, targets in loader.epoch(epoch):
         for augmented, index in zip((inputs * 255).round().to(torch.uint8), targets.tolist()):
-            source = loader.images[index:index + 1]
+            source = loader.images[index : index + 1]
             plain = bool((crops_of(source, False) == augmented).flatten(1).all(1).any())
             mirrored = bool((crops_of(source, True) == augmented).flatten(1).all(1).any())
             assert plain or mirrored, "an augmented image is no crop of its source"
@@ -270,8 +285,10 @@ def test_eval_slices_cover_every_sample_once(world_size, count):
 
 
 def test_eval_slices_are_balanced():
-    sizes = [len(EvalBatches(random_images(10), torch.arange(10), identity_normalizer(3), 4, rank, 4).labels)
-             for rank in range(4)]
+    sizes = [
+        len(EvalBatches(random_images(10), torch.arange(10), identity_normalizer(3), 4, rank, 4).labels)
+        for rank in range(4)
+    ]
     assert max(sizes) - min(sizes) <= 1 and sum(sizes) == 10
 
 
@@ -300,9 +317,21 @@ def test_split_keeps_at_least_one_validation_sample():
 
 
 def tiny_build(rank=0, world_size=2, **overrides):
-    settings = dict(dataset="synthetic", data_dir="unused", download=False, synthetic_size=200, test_ratio=0.1,
-                    val_ratio=0.1, batch_size=16, eval_batch_size=50, augment=True, seed=3, rank=rank,
-                    world_size=world_size, device=CPU)
+    settings = dict(
+        dataset="synthetic",
+        data_dir="unused",
+        download=False,
+        synthetic_size=200,
+        test_ratio=0.1,
+        val_ratio=0.1,
+        batch_size=16,
+        eval_batch_size=50,
+        augment=True,
+        seed=3,
+        rank=rank,
+        world_size=world_size,
+        device=CPU,
+    )
     settings.update(overrides)
     return build_data(**settings)
 
@@ -334,8 +363,9 @@ def test_build_data_shape_fields():
 
 
 def test_build_data_mnist_is_not_flipped(monkeypatch):
-    raw = RawData(random_images(100, 1, 28, 28), torch.arange(100) % 10, random_images(10, 1, 28, 28),
-                  torch.arange(10), 10)
+    raw = RawData(
+        random_images(100, 1, 28, 28), torch.arange(100) % 10, random_images(10, 1, 28, 28), torch.arange(10), 10
+    )
     monkeypatch.setattr("dataloaders.load_raw", lambda *args: raw)
     assert tiny_build(dataset="mnist", world_size=1).train.flip is False
     assert tiny_build(dataset="synthetic", world_size=1).train.flip is True

@@ -106,8 +106,10 @@ def test_npy_test_images_without_test_labels_is_a_data_error(tmp_path):
         load_raw("npy", str(tmp_path), False, 0, 0.25, 0)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(),
-                    reason=f"no MNIST raw files under {SHARED_DATA} (set SHARED_DATA to the shared data folder)")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "MNIST" / "raw").is_dir(),
+    reason=f"no MNIST raw files under {SHARED_DATA} (set SHARED_DATA to the shared data folder)",
+)
 def test_real_mnist_from_the_shared_folder():
     raw = load_raw("mnist", str(SHARED_DATA), False, 0, 0.1, 0)
     assert raw.train_images.shape == (60000, 1, 28, 28) and raw.train_images.dtype == torch.uint8

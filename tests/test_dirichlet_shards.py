@@ -38,14 +38,36 @@ def test_shards_are_seeded():
 
 
 def test_a_rank_trains_only_on_its_fixed_shard_in_a_new_order_each_epoch():
-    data = build_data("synthetic", synthetic_size=2000, batch_size=32, eval_batch_size=500, augment=False, rank=1,
-                      world_size=2, dirichlet_alpha=0.2)
+    data = build_data(
+        "synthetic",
+        synthetic_size=2000,
+        batch_size=32,
+        eval_batch_size=500,
+        augment=False,
+        rank=1,
+        world_size=2,
+        dirichlet_alpha=0.2,
+    )
     first, second = data.train.shard(0), data.train.shard(1)
     assert torch.equal(first.sort().values, second.sort().values) and not torch.equal(first, second)
     assert data.train.steps_per_epoch == len(first) // 32
 
 
 def test_plsgd_on_non_iid_shards_end_to_end(tmp_path):
-    check_ok(run_main([*TINY, "--training-type", "PLSGD", "--local-steps", "4", "--dirichlet-alpha", "0.3",
-                       "--output-dir", str(tmp_path)], nproc=2))
+    check_ok(
+        run_main(
+            [
+                *TINY,
+                "--training-type",
+                "PLSGD",
+                "--local-steps",
+                "4",
+                "--dirichlet-alpha",
+                "0.3",
+                "--output-dir",
+                str(tmp_path),
+            ],
+            nproc=2,
+        )
+    )
     assert summary(tmp_path)["replicas_identical"]

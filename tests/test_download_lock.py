@@ -47,8 +47,10 @@ def load_as_local_rank(local_rank: int, data_dir: str, start_after: float, resul
 def run_ranks(data_dir, starts: dict) -> tuple:
     context = multiprocessing.get_context("fork")
     results = context.Manager().dict()
-    processes = [context.Process(target=load_as_local_rank, args=(rank, str(data_dir), delay, results))
-                 for rank, delay in starts.items()]
+    processes = [
+        context.Process(target=load_as_local_rank, args=(rank, str(data_dir), delay, results))
+        for rank, delay in starts.items()
+    ]
     for process in processes:
         process.start()
     for process in processes:

@@ -79,11 +79,16 @@ def test_default_alpha_is_the_papers_beta_over_p_and_the_center_resumes_exactly(
     assert torch.equal(fresh.center, sync.center) and not torch.equal(fresh.center, fresh.state.gather())
 
 
-@pytest.mark.parametrize("extra,named", [(["--elastic-alpha", "1.5"], "--elastic-alpha"),
-                                         (["--elastic-alpha", "nan"], "--elastic-alpha"),
-                                         (["--elastic-alpha", "-0.1"], "--elastic-alpha"),
-                                         (["--overlap"], "--overlap"),
-                                         (["--sync-dtype", "bf16"], "--sync-dtype")])
+@pytest.mark.parametrize(
+    "extra,named",
+    [
+        (["--elastic-alpha", "1.5"], "--elastic-alpha"),
+        (["--elastic-alpha", "nan"], "--elastic-alpha"),
+        (["--elastic-alpha", "-0.1"], "--elastic-alpha"),
+        (["--overlap"], "--overlap"),
+        (["--sync-dtype", "bf16"], "--sync-dtype"),
+    ],
+)
 def test_bad_options_give_one_line_and_exit_2(extra, named, tmp_path, capsys):
     code = main.main([*TINY, "--training-type", "EASGD", *extra, "--output-dir", str(tmp_path / "run")])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -92,8 +97,12 @@ def test_bad_options_give_one_line_and_exit_2(extra, named, tmp_path, capsys):
 
 
 def test_two_ranks_learn_and_end_with_the_center_on_every_rank(tmp_path):
-    check_ok(run_main([*LEARN_ARGS, "--training-type", "EASGD", "--local-steps", "4",
-                       "--output-dir", str(tmp_path / "run")], nproc=2))
+    check_ok(
+        run_main(
+            [*LEARN_ARGS, "--training-type", "EASGD", "--local-steps", "4", "--output-dir", str(tmp_path / "run")],
+            nproc=2,
+        )
+    )
     result = summary(tmp_path / "run")
     assert result["replicas_identical"]
     assert result["final_test_accuracy"] > 0.5  # the synthetic set has 10 classes: chance is 0.1

@@ -16,7 +16,9 @@ def test_split_pieces_covers_every_element_once_in_near_equal_parts():
     sizes = [5, 3, 10]
     parts = split_pieces(sizes, 3)
     assert [sum(stop - start for _, start, stop in part) for part in parts] == [6, 6, 6]
-    covered = sorted((index, element) for part in parts for index, start, stop in part for element in range(start, stop))
+    covered = sorted(
+        (index, element) for part in parts for index, start, stop in part for element in range(start, stop)
+    )
     assert covered == [(index, element) for index, size in enumerate(sizes) for element in range(size)]
 
 
@@ -38,18 +40,21 @@ def test_auto_depth_picks_the_fewest_steps_that_hid_the_round():
 
 
 def flat_state(model) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1) for t in list(model.parameters()) + list(model.buffers())
-                      if t.is_floating_point()])
+    return torch.cat(
+        [t.detach().reshape(-1) for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    )
 
 
 def _fragments(rank, world_size):
     results = {}
-    for name, build in {"plsgd": lambda m: PLSGD(m, 4, overlap=True, overlap_steps="auto", fragments=2),
-                        "plsgd_bf16": lambda m: PLSGD(m, 4, overlap=True, overlap_steps="auto", fragments=2, sync_dtype="bf16"),
-                        "blocking": lambda m: PLSGD(m, 4, fragments=2),
-                        "slowmo_plain": lambda m: SlowMo(m, 4, 0.0, 1.0, fragments=2),
-                        "slowmo": lambda m: SlowMo(m, 4, 0.5, 1.0, overlap=True, overlap_steps="auto", fragments=2),
-                        "diloco": lambda m: DiLoCo(m, 4, overlap=True, overlap_steps="auto", fragments=2)}.items():
+    for name, build in {
+        "plsgd": lambda m: PLSGD(m, 4, overlap=True, overlap_steps="auto", fragments=2),
+        "plsgd_bf16": lambda m: PLSGD(m, 4, overlap=True, overlap_steps="auto", fragments=2, sync_dtype="bf16"),
+        "blocking": lambda m: PLSGD(m, 4, fragments=2),
+        "slowmo_plain": lambda m: SlowMo(m, 4, 0.0, 1.0, fragments=2),
+        "slowmo": lambda m: SlowMo(m, 4, 0.5, 1.0, overlap=True, overlap_steps="auto", fragments=2),
+        "diloco": lambda m: DiLoCo(m, 4, overlap=True, overlap_steps="auto", fragments=2),
+    }.items():
         model = tiny_model()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         meter = CommMeter()
@@ -59,9 +64,14 @@ def _fragments(rank, world_size):
         mine = flat_state(model)
         everyone = [torch.empty_like(mine) for _ in range(world_size)]
         torch.distributed.all_gather(everyone, mine)
-        results[name] = (all(torch.equal(everyone[0], other) for other in everyone), meter.rounds,
-                         meter.collectives, meter.bytes, mine, [f.averager.state.flat.numel()
-                                                               for f in sync.streamer.fragments])
+        results[name] = (
+            all(torch.equal(everyone[0], other) for other in everyone),
+            meter.rounds,
+            meter.collectives,
+            meter.bytes,
+            mine,
+            [f.averager.state.flat.numel() for f in sync.streamer.fragments],
+        )
     return results
 
 

@@ -38,10 +38,12 @@ def test_training_output_is_plain_batch_norm_per_ghost_batch():
     plain = make_batch_norm()
     weight, bias = plain.weight.detach().clone(), plain.bias.detach().clone()
     inputs = make_input(8)
-    expected = torch.cat([
-        F.batch_norm(half, None, None, weight, bias, training=True, eps=plain.eps)
-        for half in (inputs[:4], inputs[4:])
-    ])
+    expected = torch.cat(
+        [
+            F.batch_norm(half, None, None, weight, bias, training=True, eps=plain.eps)
+            for half in (inputs[:4], inputs[4:])
+        ]
+    )
     ghost = ghost_copy(plain, 4).train()
     torch.testing.assert_close(ghost(inputs), expected)
     # Not what plain batch norm over the whole batch would give.
@@ -122,9 +124,7 @@ def test_batch_norm_1d_is_replaced_too():
     assert isinstance(model[1], GhostBatchNorm)
     inputs = torch.randn(6, 4)
     features = model[0](inputs)
-    expected = torch.cat(
-        [F.batch_norm(half, None, None, training=True) for half in features.split(3)]
-    )
+    expected = torch.cat([F.batch_norm(half, None, None, training=True) for half in features.split(3)])
     torch.testing.assert_close(model(inputs), expected)
 
 

@@ -24,10 +24,25 @@ from utilities.distributed import CommMeter, all_reduce_mean, pick_backend, pick
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")]
 
-SHORT = ["--dataset", "synthetic", "--synthetic-size", "2000", "--model", "resnet20", "--batch-size", "64",
-         "--log-every", "1000", "--device", "cuda"]
-TYPE_FLAGS = {"PostLocalSGD": ["--switch-step", "3"], "LAPSGD": ["--workers-per-node", "2"],
-              "LPPSGD": ["--workers-per-node", "2"]}
+SHORT = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "2000",
+    "--model",
+    "resnet20",
+    "--batch-size",
+    "64",
+    "--log-every",
+    "1000",
+    "--device",
+    "cuda",
+]
+TYPE_FLAGS = {
+    "PostLocalSGD": ["--switch-step", "3"],
+    "LAPSGD": ["--workers-per-node", "2"],
+    "LPPSGD": ["--workers-per-node", "2"],
+}
 
 
 def tiny_data(device):
@@ -69,8 +84,9 @@ def _one_nccl_rank(rank, init_file, results):
         torch.nn.functional.cross_entropy(ddp(inputs), targets).backward()
         torch.nn.functional.cross_entropy(reference(inputs), targets).backward()
         results["ddp_type"] = type(ddp).__name__
-        results["grad_gap"] = max((a.grad - b.grad).abs().max().item()
-                                  for a, b in zip(model.parameters(), reference.parameters()))
+        results["grad_gap"] = max(
+            (a.grad - b.grad).abs().max().item() for a, b in zip(model.parameters(), reference.parameters())
+        )
         results["bytes"] = meter.bytes - 3 * 4
         results["param_bytes"] = sum(p.numel() * 4 for p in model.parameters())
     finally:
@@ -91,14 +107,30 @@ def test_one_rank_nccl_group_all_reduces_and_ddp_trains_on_cuda():
 
 @pytest.mark.parametrize("training_type", list(SYNC_TYPES))
 def test_every_training_type_trains_a_few_steps_on_cuda(tmp_path, training_type):
-    check_ok(run_main([*SHORT, "--training-type", training_type, "--max-steps", "6", "--local-steps", "2",
-                       *TYPE_FLAGS.get(training_type, []), "--output-dir", str(tmp_path)]))
+    check_ok(
+        run_main(
+            [
+                *SHORT,
+                "--training-type",
+                training_type,
+                "--max-steps",
+                "6",
+                "--local-steps",
+                "2",
+                *TYPE_FLAGS.get(training_type, []),
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+    )
     result = summary(tmp_path)
     assert result["steps"] >= 6 and 0 <= result["final_test_accuracy"] <= 1
     assert math.isfinite(result["final_test_loss"])
     assert "device: cuda:0" in (tmp_path / "config.yaml").read_text()
-    assert all(tensor.is_cuda for tensor in load_checkpoint(
-        str(tmp_path / "checkpoints" / "epoch-00001.pt"), "cuda")["model"].values())
+    assert all(
+        tensor.is_cuda
+        for tensor in load_checkpoint(str(tmp_path / "checkpoints" / "epoch-00001.pt"), "cuda")["model"].values()
+    )
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -112,8 +144,19 @@ def test_mixed_precision_on_cuda_tracks_fp32(tmp_path, amp):
 
 
 def test_checkpoint_moves_from_gpu_to_cpu_and_back(tmp_path):
-    run = [*SHORT, "--training-type", "PLSGD", "--local-steps", "4", "--epochs", "3", "--epochs-per-job", "1",
-           "--output-dir", str(tmp_path)]
+    run = [
+        *SHORT,
+        "--training-type",
+        "PLSGD",
+        "--local-steps",
+        "4",
+        "--epochs",
+        "3",
+        "--epochs-per-job",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    ]
     check_ok(run_main(run))
     saved = str(tmp_path / "checkpoints" / "epoch-00001.pt")
     on_cpu, on_gpu = load_checkpoint(saved, "cpu"), load_checkpoint(saved, "cuda")

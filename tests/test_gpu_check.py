@@ -11,8 +11,14 @@ from bench.common import REPO, child_environment, parse_markdown_table
 
 def run_check(*arguments, timeout=240):
     environment = dict(child_environment(), PYTHON=sys.executable)
-    return subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), *arguments], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), *arguments],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_dry_run_passes_every_step_and_writes_both_tables(tmp_path):
@@ -33,7 +39,8 @@ def test_unknown_argument_is_one_error_line():
     result = run_check("--devcie", "cpu", timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown argument --devcie; see bash bench/gpu_check.sh --help"]
+        "error: unknown argument --devcie; see bash bench/gpu_check.sh --help"
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")

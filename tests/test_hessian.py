@@ -8,6 +8,7 @@ import torch
 from tests.support import EIGENVALUES, quadratic, seeded, symmetric_matrix
 from tools.hessian import hutchinson_trace, power_iteration, top_eigenvalue
 
+
 @pytest.mark.parametrize("pieces", [(4,), (1, 3), (2, 2)])
 def test_power_iteration_finds_the_top_eigenvalue(pieces):
     loss_fn, params = quadratic(symmetric_matrix(EIGENVALUES), pieces)

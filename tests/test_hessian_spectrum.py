@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from tests.support import EIGENVALUES, quadratic, seeded, symmetric_matrix
-from tools.hessian_spectrum import (density_grid, density_on_grid, plot_density, spectral_density_nodes,
-                                        top_eigenvalues)
+from tools.hessian_spectrum import density_grid, density_on_grid, plot_density, spectral_density_nodes, top_eigenvalues
 
 
 @pytest.mark.parametrize("pieces", [(4,), (1, 3)])
@@ -16,8 +15,9 @@ def test_top_k_are_the_chosen_eigenvalues_by_magnitude(pieces):
 
 
 def test_top_k_on_a_larger_spectrum():
-    spectrum = torch.cat([torch.tensor([9.0, 6.0, 4.0], dtype=torch.float64), torch.linspace(-0.5, 1.0, 37,
-                                                                                           dtype=torch.float64)])
+    spectrum = torch.cat(
+        [torch.tensor([9.0, 6.0, 4.0], dtype=torch.float64), torch.linspace(-0.5, 1.0, 37, dtype=torch.float64)]
+    )
     loss_fn, params = quadratic(symmetric_matrix(spectrum, seed=3), (40,))
     assert top_eigenvalues(loss_fn, params, 3, 500, 1e-13, seeded()) == pytest.approx([9.0, 6.0, 4.0], abs=1e-5)
 
@@ -49,8 +49,9 @@ def test_density_mass_sits_at_the_eigenvalues_with_the_right_mean():
 
 
 def test_fewer_lanczos_steps_still_bracket_the_spectrum_and_keep_the_mean():
-    spectrum = torch.cat([torch.tensor([20.0, 12.0], dtype=torch.float64),
-                          torch.linspace(-1.0, 2.0, 58, dtype=torch.float64)])
+    spectrum = torch.cat(
+        [torch.tensor([20.0, 12.0], dtype=torch.float64), torch.linspace(-1.0, 2.0, 58, dtype=torch.float64)]
+    )
     loss_fn, params = quadratic(symmetric_matrix(spectrum, seed=5), (60,))
     matrix = symmetric_matrix(spectrum, seed=5)
     quadratures = spectral_density_nodes(loss_fn, params, 15, 200, seeded(2))
@@ -60,8 +61,9 @@ def test_fewer_lanczos_steps_still_bracket_the_spectrum_and_keep_the_mean():
     # Gauss quadrature is exact for the first moment: each run's mean is v^T A v / |v|^2 for its start v.
     first_start = (torch.randint(0, 2, (60,), generator=seeded(2)) * 2 - 1).double()
     nodes_0, weights_0 = quadratures[0]
-    assert (nodes_0 * weights_0).sum().item() == pytest.approx((first_start @ matrix @ first_start).item() / 60,
-                                                                abs=1e-9)
+    assert (nodes_0 * weights_0).sum().item() == pytest.approx(
+        (first_start @ matrix @ first_start).item() / 60, abs=1e-9
+    )
     # Over runs it estimates trace / n (standard error here about 0.04).
     mean = sum((n * w).sum().item() for n, w in quadratures) / len(quadratures)
     assert mean == pytest.approx(spectrum.mean().item(), abs=0.15)
@@ -100,8 +102,22 @@ def test_command_line_writes_top_k_and_the_density_plot(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     torch.manual_seed(0)
     torch.save(build_model("lenet5", 3, 32, 10).state_dict(), tmp_path / "model.pt")
-    arguments = [str(tmp_path), "--samples", "20", "--iterations", "300", "--tolerance", "1e-9", "--hutchinson", "2",
-                 "--top-k", "3", "--density", "--lanczos-steps", "12"]
+    arguments = [
+        str(tmp_path),
+        "--samples",
+        "20",
+        "--iterations",
+        "300",
+        "--tolerance",
+        "1e-9",
+        "--hutchinson",
+        "2",
+        "--top-k",
+        "3",
+        "--density",
+        "--lanczos-steps",
+        "12",
+    ]
     assert hessian.main(arguments) == 0
     result = json.loads((tmp_path / "hessian.json").read_text())
     top = result["top_eigenvalues"]

@@ -34,7 +34,7 @@ def test_blocks_are_non_empty_cover_the_model_and_are_balanced(model_name, worke
 def test_balanced_blocks_beat_an_equal_tensor_count_split_on_resnet20():
     sizes = [p.numel() for p in build_model("resnet20", 3, 32, 10).parameters()]
     per_block = len(sizes) // 4
-    naive = [sum(sizes[i * per_block:(i + 1) * per_block if i < 3 else len(sizes)]) for i in range(4)]
+    naive = [sum(sizes[i * per_block : (i + 1) * per_block if i < 3 else len(sizes)]) for i in range(4)]
     balanced = [sum(sizes[a:b]) for a, b in balanced_blocks(sizes, 4)]
     assert max(balanced) < max(naive) and min(balanced) > min(naive)
 
@@ -65,12 +65,12 @@ def _slow_all_reduce(tensor, *args, **kwargs):
 
 
 def _lapsgd_with_slow_link(rank, world_size):
-    data = build_data("synthetic", synthetic_size=2000, batch_size=16, eval_batch_size=500, rank=rank,
-                      world_size=world_size)
+    data = build_data(
+        "synthetic", synthetic_size=2000, batch_size=16, eval_batch_size=500, rank=rank, world_size=world_size
+    )
     model = build_model("mlp", 3, 32, 10)
     kwargs = {"lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
-    sync = LAPSGD(CommMeter(), 4, 2, "sgd", kwargs, Schedule(0.05, 1000, kind="constant"),
-                  all_reduce=_slow_all_reduce)
+    sync = LAPSGD(CommMeter(), 4, 2, "sgd", kwargs, Schedule(0.05, 1000, kind="constant"), all_reduce=_slow_all_reduce)
     sync.prepare(model, torch.optim.SGD(model.parameters(), lr=0.05))
     figures = sync.train_epoch(0, data.train, torch.device("cpu"))
     sync.finish()
@@ -84,8 +84,24 @@ def test_workers_keep_training_while_an_averaging_round_is_in_flight():
         assert identical
 
 
-LEARN = ["--dataset", "synthetic", "--synthetic-size", "4000", "--model", "mlp", "--batch-size", "32",
-         "--epochs", "2", "--log-every", "1000", "--workers-per-node", "2", "--local-steps", "4"]
+LEARN = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "4000",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--log-every",
+    "1000",
+    "--workers-per-node",
+    "2",
+    "--local-steps",
+    "4",
+]
 
 
 @pytest.mark.parametrize("training_type", ["LAPSGD", "LPPSGD"])

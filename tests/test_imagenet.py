@@ -37,9 +37,22 @@ def folder(tmp_path_factory) -> Path:
 
 
 def imagenet(root, rank=0, world_size=1, batch_size=4, augment=True, image_size=32, workers=1, **kwargs):
-    return build_data("imagenet", data_dir="unused", val_ratio=0.25, batch_size=batch_size, eval_batch_size=5,
-                      augment=augment, seed=7, rank=rank, world_size=world_size, device=CPU,
-                      imagenet_dir=str(root), image_size=image_size, loader_workers=workers, **kwargs)
+    return build_data(
+        "imagenet",
+        data_dir="unused",
+        val_ratio=0.25,
+        batch_size=batch_size,
+        eval_batch_size=5,
+        augment=augment,
+        seed=7,
+        rank=rank,
+        world_size=world_size,
+        device=CPU,
+        imagenet_dir=str(root),
+        image_size=image_size,
+        loader_workers=workers,
+        **kwargs,
+    )
 
 
 def test_sizes_classes_and_normalised_crops(folder):
@@ -88,7 +101,7 @@ def shard_files(train, epoch):
     from dataloaders.loader import shard_indices
 
     order = shard_indices(len(train.indices), train.rank, train.world_size, train.seed, epoch)
-    return train.indices[order][:train.steps_per_epoch * train.batch_size].tolist()
+    return train.indices[order][: train.steps_per_epoch * train.batch_size].tolist()
 
 
 def test_ranks_get_equal_disjoint_shards_reshuffled_every_epoch(folder):
@@ -110,8 +123,9 @@ def test_ranks_get_equal_disjoint_shards_reshuffled_every_epoch(folder):
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_evaluation_covers_every_sample_exactly_once(folder, world_size):
     for split in ("val", "test"):
-        parts = [getattr(imagenet(folder, rank=r, world_size=world_size, batch_size=2), split)
-                 for r in range(world_size)]
+        parts = [
+            getattr(imagenet(folder, rank=r, world_size=world_size, batch_size=2), split) for r in range(world_size)
+        ]
         covered = sorted(i for part in parts for i in part.indices.tolist())
         everything = parts[0].total
         reference = imagenet(folder, batch_size=2)
@@ -139,14 +153,42 @@ def test_bad_folders_give_one_clear_error(tmp_path, folder):
         imagenet(folder, dirichlet_alpha=0.5)
 
 
-IMAGENET_RUN = ["--dataset", "imagenet", "--image-size", "32", "--model", "small", "--batch-size", "3",
-                "--eval-batch-size", "4", "--epochs", "2", "--loader-workers", "1", "--log-every", "1000"]
+IMAGENET_RUN = [
+    "--dataset",
+    "imagenet",
+    "--image-size",
+    "32",
+    "--model",
+    "small",
+    "--batch-size",
+    "3",
+    "--eval-batch-size",
+    "4",
+    "--epochs",
+    "2",
+    "--loader-workers",
+    "1",
+    "--log-every",
+    "1000",
+]
 
 
 def test_main_trains_on_two_gloo_ranks(tmp_path, folder):
     output = tmp_path / "run"
-    result = run_main([*IMAGENET_RUN, "--imagenet-dir", str(folder), "--output-dir", str(output),
-                       "--val-ratio", "0.25", "--lr", "0.05"], nproc=2)
+    result = run_main(
+        [
+            *IMAGENET_RUN,
+            "--imagenet-dir",
+            str(folder),
+            "--output-dir",
+            str(output),
+            "--val-ratio",
+            "0.25",
+            "--lr",
+            "0.05",
+        ],
+        nproc=2,
+    )
     check_ok(result)
     rows, final = metrics(output), summary(output)
     assert [row["epoch"] for row in rows] == [1, 2]
@@ -157,8 +199,9 @@ def test_main_trains_on_two_gloo_ranks(tmp_path, folder):
 
 
 def test_main_reports_a_missing_folder_in_one_line(tmp_path):
-    result = run_main([*IMAGENET_RUN, "--imagenet-dir", str(tmp_path / "missing"), "--output-dir",
-                       str(tmp_path / "run")])
+    result = run_main(
+        [*IMAGENET_RUN, "--imagenet-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "run")]
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "train/ is missing" in lines[0], result.stderr
@@ -168,15 +211,35 @@ def test_main_reports_a_missing_folder_in_one_line(tmp_path):
 def test_lppsgd_workers_decode_their_own_shards(tmp_path, folder):
     # Hogwild workers are daemonic processes, which may not start DataLoader workers: they decode themselves.
     output = tmp_path / "lpp"
-    result = run_main([*IMAGENET_RUN, "--epochs", "1", "--imagenet-dir", str(folder), "--output-dir", str(output),
-                       "--val-ratio", "0.25", "--training-type", "LPPSGD", "--workers-per-node", "2"])
+    result = run_main(
+        [
+            *IMAGENET_RUN,
+            "--epochs",
+            "1",
+            "--imagenet-dir",
+            str(folder),
+            "--output-dir",
+            str(output),
+            "--val-ratio",
+            "0.25",
+            "--training-type",
+            "LPPSGD",
+            "--workers-per-node",
+            "2",
+        ]
+    )
     check_ok(result)
     # 18 training images split between 2 workers: 9 each, 3 batches of 3, 6 node steps.
     assert summary(output)["steps"] == 6
 
 
-@pytest.mark.parametrize("flags, message", [(["--image-size", "0"], "--image-size must be at least 1"),
-                                            (["--loader-workers", "-1"], "--loader-workers must not be negative")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--image-size", "0"], "--image-size must be at least 1"),
+        (["--loader-workers", "-1"], "--loader-workers must not be negative"),
+    ],
+)
 def test_bad_imagenet_settings_are_refused(flags, message):
     from utilities.config import ConfigError, parse_config
 

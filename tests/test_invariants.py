@@ -19,8 +19,25 @@ import pytest
 from tests.invariants_harness import run_ranks
 
 # 160 synthetic images: 144 train after the 10% validation split, 72 per rank, batch 12: 6 steps per epoch.
-BASE = ["--dataset", "synthetic", "--synthetic-size", "160", "--batch-size", "12", "--eval-batch-size", "32",
-        "--epochs", "2", "--log-every", "1000", "--lr", "0.02", "--check-replicas", "--seed", "3"]
+BASE = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "160",
+    "--batch-size",
+    "12",
+    "--eval-batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--log-every",
+    "1000",
+    "--lr",
+    "0.02",
+    "--check-replicas",
+    "--seed",
+    "3",
+]
 TYPES = {
     "MBSGD": [],
     "PLSGD": ["--local-steps", "3"],
@@ -44,8 +61,20 @@ def variants(training_type: str, folder: Path) -> list:
     micro = [[]] if training_type in HOGWILD else [[], ["--accumulation-steps", "3"]]
     argvs = []
     for index, (model, overlap, accumulation) in enumerate(itertools.product(["lenet5", "resnet20"], overlaps, micro)):
-        argvs.append([*BASE, "--training-type", training_type, *TYPES[training_type], "--model", model, *overlap,
-                      *accumulation, "--output-dir", str(folder / f"run{index}")])
+        argvs.append(
+            [
+                *BASE,
+                "--training-type",
+                training_type,
+                *TYPES[training_type],
+                "--model",
+                model,
+                *overlap,
+                *accumulation,
+                "--output-dir",
+                str(folder / f"run{index}"),
+            ]
+        )
     return argvs
 
 
@@ -53,7 +82,7 @@ def variants(training_type: str, folder: Path) -> list:
 def test_every_type_evaluates_and_ends_with_one_model_and_counts_what_it_sends(training_type, tmp_path):
     ranks = run_ranks(variants(training_type, tmp_path))
     for outcomes in zip(*ranks):
-        argv = " ".join(outcomes[0]["argv"][len(BASE):-2])
+        argv = " ".join(outcomes[0]["argv"][len(BASE) : -2])
         assert all(o["code"] == 0 for o in outcomes), f"{argv}: exit codes {[o['code'] for o in outcomes]}"
         assert outcomes[0]["summary"]["replicas_identical"], argv
         assert len({o["final"] for o in outcomes}) == 1, f"{argv}: ranks end with different models"
@@ -72,8 +101,18 @@ def test_every_type_evaluates_and_ends_with_one_model_and_counts_what_it_sends(t
 
 def test_overlapped_round_in_flight_at_epoch_end_is_completed_before_evaluation(tmp_path):
     """The reported case: the last epoch's test loss and the summary's final test loss describe the same model."""
-    argv = [*BASE, "--training-type", "PLSGD", "--local-steps", "3", "--overlap", "--model", "lenet5",
-            "--output-dir", str(tmp_path / "run")]
+    argv = [
+        *BASE,
+        "--training-type",
+        "PLSGD",
+        "--local-steps",
+        "3",
+        "--overlap",
+        "--model",
+        "lenet5",
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     ranks = run_ranks([argv])
     assert all(outcomes[0]["code"] == 0 for outcomes in ranks)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -81,12 +120,24 @@ def test_overlapped_round_in_flight_at_epoch_end_is_completed_before_evaluation(
     assert rows[-1]["test_loss"] == summary["final_test_loss"]
 
 
-@pytest.mark.parametrize("training_type,extra", [("MBSGD", []), ("PLSGD", ["--local-steps", "3"]),
-                                                 ("PostLocalSGD", ["--local-steps", "3", "--switch-step", "4"])])
+@pytest.mark.parametrize(
+    "training_type,extra",
+    [("MBSGD", []), ("PLSGD", ["--local-steps", "3"]), ("PostLocalSGD", ["--local-steps", "3", "--switch-step", "4"])],
+)
 @pytest.mark.parametrize("on_nan", ["skip", "stop"])
 def test_nan_on_one_rank_leads_every_rank_to_the_same_action(training_type, extra, on_nan, tmp_path):
-    argv = [*BASE, "--training-type", training_type, *extra, "--model", "resnet20", "--on-nan", on_nan,
-            "--output-dir", str(tmp_path / "run")]
+    argv = [
+        *BASE,
+        "--training-type",
+        training_type,
+        *extra,
+        "--model",
+        "resnet20",
+        "--on-nan",
+        on_nan,
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
     ranks = run_ranks([argv], inject_nan_at=2)  # rank 1's inputs at step 2 are NaN
     codes = [outcomes[0]["code"] for outcomes in ranks]
     if on_nan == "stop":

@@ -21,8 +21,13 @@ LAUNCHER_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTE
 
 
 def slurm_env(**extra):
-    env = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
-           "SLURM_JOB_NODELIST": "node[003-005,010]", "SLURM_JOB_ID": "123456"}
+    env = {
+        "SLURM_PROCID": "2",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "node[003-005,010]",
+        "SLURM_JOB_ID": "123456",
+    }
     env.update(extra)
     return env
 
@@ -106,15 +111,18 @@ def test_detect_launch_reads_os_environ_by_default(monkeypatch):
 # ----------------------------------------------------------------------------- node lists
 
 
-@pytest.mark.parametrize("nodelist, first", [
-    ("a1", "a1"),
-    ("gpu[01-04]", "gpu01"),
-    ("x[7,9]", "x7"),
-    ("n1,n2", "n1"),
-    ("node[003-005,010]", "node003"),
-    ("gpu[003-005,010],cpu1", "gpu003"),
-    ("  host-a.cluster  ", "host-a.cluster"),
-])
+@pytest.mark.parametrize(
+    "nodelist, first",
+    [
+        ("a1", "a1"),
+        ("gpu[01-04]", "gpu01"),
+        ("x[7,9]", "x7"),
+        ("n1,n2", "n1"),
+        ("node[003-005,010]", "node003"),
+        ("gpu[003-005,010],cpu1", "gpu003"),
+        ("  host-a.cluster  ", "host-a.cluster"),
+    ],
+)
 def test_first_slurm_host(nodelist, first):
     assert first_slurm_host(nodelist) == first
 
@@ -130,16 +138,21 @@ def test_first_slurm_host_keeps_text_after_the_brackets(nodelist, first):
 
 
 def mpi_env():
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(LAUNCHER_PREFIXES) and name not in LAUNCHER_NAMES}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(LAUNCHER_PREFIXES) and name not in LAUNCHER_NAMES
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), MASTER_PORT="29777")
     return env
 
 
 # Each rank writes its own file (the launcher may interleave the ranks' stdout).
-WRITE_LAUNCH = ("import pathlib, sys; from utilities.distributed import detect_launch; i = detect_launch(); "
-                "pathlib.Path(sys.argv[1], f'rank-{i.rank}.txt').write_text("
-                "f'{i.rank} {i.world_size} {i.local_rank} {i.master_addr} {i.master_port} {i.launcher}')")
+WRITE_LAUNCH = (
+    "import pathlib, sys; from utilities.distributed import detect_launch; i = detect_launch(); "
+    "pathlib.Path(sys.argv[1], f'rank-{i.rank}.txt').write_text("
+    "f'{i.rank} {i.world_size} {i.local_rank} {i.master_addr} {i.master_port} {i.launcher}')"
+)
 
 
 def test_mpi_detection_under_mpiexec(tmp_path):
@@ -150,8 +163,14 @@ def test_mpi_detection_under_mpiexec(tmp_path):
             pytest.skip("mpiexec not found next to the interpreter or on PATH")
         mpiexec = Path(found)
     pytest.importorskip("mpi4py")
-    result = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", WRITE_LAUNCH, str(tmp_path)],
-                            cwd=REPO_ROOT, env=mpi_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(mpiexec), "-n", "2", sys.executable, "-c", WRITE_LAUNCH, str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=mpi_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     files = sorted(tmp_path.glob("rank-*.txt"))
     assert [path.name for path in files] == ["rank-0.txt", "rank-1.txt"], "two ranks must report ranks 0 and 1"

@@ -28,22 +28,35 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "samplescripts"
 TIMEOUT_S = 300  # per launch; a hung rendezvous must fail the test, not the CI job
 SMALL_RUN_ARGS = [
-    "--dataset", "synthetic", "--model", "mlp", "--epochs", "1",
-    "--batch-size", "32", "--synthetic-size", "2048", "--device", "cpu", "--backend", "gloo",
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--synthetic-size",
+    "2048",
+    "--device",
+    "cpu",
+    "--backend",
+    "gloo",
 ]
 # Launcher variables of an enclosing job (pytest started under srun, torchrun or mpiexec)
 # would make main.py join that job instead of the one under test.
 INHERITED_LAUNCHER_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "TORCHELASTIC_")
-INHERITED_LAUNCHER_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-                            "MASTER_ADDR", "MASTER_PORT")
+INHERITED_LAUNCHER_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def launch_env(output_dir, **extra):
     """The environment for one launch: the scripts run this interpreter, one thread per rank."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(INHERITED_LAUNCHER_PREFIXES) and name not in INHERITED_LAUNCHER_NAMES}
-    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", TRAINING_TYPE="MBSGD",
-               OUTPUT_DIR=str(output_dir), **extra)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(INHERITED_LAUNCHER_PREFIXES) and name not in INHERITED_LAUNCHER_NAMES
+    }
+    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", TRAINING_TYPE="MBSGD", OUTPUT_DIR=str(output_dir), **extra)
     return env
 
 
@@ -57,9 +70,18 @@ def run_launchers(commands, env):
     Each command gets its own session so that on a timeout, or when a launcher exits and
     leaves a rank behind, the whole process tree is killed and nothing outlives the test.
     """
-    launchers = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
-                 for command in commands]
+    launchers = [
+        subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for command in commands
+    ]
     deadline = time.monotonic() + TIMEOUT_S
     outputs, timed_out = [], False
     try:
@@ -74,10 +96,11 @@ def run_launchers(commands, env):
             except ProcessLookupError:
                 pass
     if timed_out:
-        outputs += [launcher.communicate()[0] for launcher in launchers[len(outputs):]]
-    log = "\n".join(f"--- launcher {index}: {Path(command[0]).name} (exit {launcher.returncode}) ---\n"
-                    f"{tail(output)}"
-                    for index, (command, launcher, output) in enumerate(zip(commands, launchers, outputs)))
+        outputs += [launcher.communicate()[0] for launcher in launchers[len(outputs) :]]
+    log = "\n".join(
+        f"--- launcher {index}: {Path(command[0]).name} (exit {launcher.returncode}) ---\n{tail(output)}"
+        for index, (command, launcher, output) in enumerate(zip(commands, launchers, outputs))
+    )
     assert not timed_out, f"launch did not finish in {TIMEOUT_S}s\n{log}"
     assert all(launcher.returncode == 0 for launcher in launchers), log
     return log
@@ -115,8 +138,13 @@ def test_mpiexec_two_ranks(tmp_path):
 def test_torchrun_two_agents(tmp_path):
     """Two torchrun agents meeting at one c10d endpoint, as on two nodes."""
     output_dir = tmp_path / "run"
-    env = launch_env(output_dir, NNODES="2", NPROC_PER_NODE="1",
-                     RDZV_ENDPOINT=f"127.0.0.1:{free_port()}", RDZV_ID=uuid.uuid4().hex[:12])
+    env = launch_env(
+        output_dir,
+        NNODES="2",
+        NPROC_PER_NODE="1",
+        RDZV_ENDPOINT=f"127.0.0.1:{free_port()}",
+        RDZV_ID=uuid.uuid4().hex[:12],
+    )
     agent_command = [str(SCRIPTS / "torchrun_multi_node.sh"), *SMALL_RUN_ARGS]
     log = run_launchers([agent_command, agent_command], env)
     assert_two_identical_replicas(output_dir, log)
@@ -148,11 +176,21 @@ def test_sbatch_two_tasks(tmp_path):
     output_dir = tmp_path / "run"
     job_log = tmp_path / "slurm-job.out"
     job_name = f"test-launchers-{uuid.uuid4().hex[:8]}"
-    command = ["sbatch", "--wait", f"--job-name={job_name}", f"--output={job_log}",
-               str(SCRIPTS / "ci_slurm_gloo.sh"), "--batch-size", "32", "--synthetic-size", "2048"]
+    command = [
+        "sbatch",
+        "--wait",
+        f"--job-name={job_name}",
+        f"--output={job_log}",
+        str(SCRIPTS / "ci_slurm_gloo.sh"),
+        "--batch-size",
+        "32",
+        "--synthetic-size",
+        "2048",
+    ]
     try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=launch_env(output_dir),
-                                capture_output=True, text=True, timeout=TIMEOUT_S)
+        result = subprocess.run(
+            command, cwd=REPO_ROOT, env=launch_env(output_dir), capture_output=True, text=True, timeout=TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         subprocess.run(["scancel", f"--name={job_name}"], timeout=30, check=False)
         pytest.fail(f"sbatch --wait did not return in {TIMEOUT_S}s; job cancelled\n{read_job_log(job_log)}")

@@ -27,8 +27,21 @@ def test_forward_shape_and_backward(name, in_channels, image_size, num_classes):
 
 
 def test_registry_lists_the_documented_models():
-    assert MODEL_NAMES == ("lenet5", "lenet5w", "resnet20", "resnet18", "vgg11", "mlp", "small", "resnet32",
-                           "wrn16_8", "wrn28_10", "tv_resnet18", "tv_resnet34", "tv_resnet50")
+    assert MODEL_NAMES == (
+        "lenet5",
+        "lenet5w",
+        "resnet20",
+        "resnet18",
+        "vgg11",
+        "mlp",
+        "small",
+        "resnet32",
+        "wrn16_8",
+        "wrn28_10",
+        "tv_resnet18",
+        "tv_resnet34",
+        "tv_resnet50",
+    )
 
 
 def test_unknown_name_raises_and_lists_choices():
@@ -153,8 +166,9 @@ def test_wide_resnet_depth_must_be_6n_plus_4():
         WideResNet(3, 10, depth=20, widen_factor=2)
 
 
-@pytest.mark.parametrize("name, imagenet_count", [("tv_resnet18", 11_689_512), ("tv_resnet34", 21_797_672),
-                                                   ("tv_resnet50", 25_557_032)])
+@pytest.mark.parametrize(
+    "name, imagenet_count", [("tv_resnet18", 11_689_512), ("tv_resnet34", 21_797_672), ("tv_resnet50", 25_557_032)]
+)
 def test_torchvision_resnets_on_imagenet_shapes(name, imagenet_count):
     torch.manual_seed(0)
     model = build_model(name, 3, 224, 1000)

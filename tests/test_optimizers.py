@@ -110,9 +110,17 @@ CASE_IDS = [case[0] for case in CASES]
 def test_lars_matches_algorithm_1(case, trust_coefficient):
     _, weight, grads, weight_decay, exclude, excluded = case
     actual = run_optimizer(
-        lambda params: LARS(params, lr=0.1, momentum=0.9, weight_decay=weight_decay,
-                            trust_coefficient=trust_coefficient, exclude_bias_and_norm=exclude),
-        weight, grads)
+        lambda params: LARS(
+            params,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude,
+        ),
+        weight,
+        grads,
+    )
     expected = lars_reference(weight, grads, LRS, 0.9, weight_decay, trust_coefficient, excluded)
     assert_close(actual, expected)
     assert not torch.equal(actual, weight)
@@ -122,9 +130,12 @@ def test_lars_matches_algorithm_1(case, trust_coefficient):
 def test_lamb_matches_algorithm_2(case):
     _, weight, grads, weight_decay, exclude, excluded = case
     actual = run_optimizer(
-        lambda params: LAMB(params, lr=0.1, betas=(0.9, 0.999), eps=1e-6,
-                            weight_decay=weight_decay, exclude_bias_and_norm=exclude),
-        weight, grads)
+        lambda params: LAMB(
+            params, lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=weight_decay, exclude_bias_and_norm=exclude
+        ),
+        weight,
+        grads,
+    )
     expected = lamb_reference(weight, grads, LRS, (0.9, 0.999), 1e-6, weight_decay, excluded)
     assert_close(actual, expected)
     assert not torch.equal(actual, weight)
@@ -147,8 +158,12 @@ LR_FACTORS = [1.0, 0.5, 0.25, 2.0]
 
 
 def test_lars_follows_lambda_lr():
-    actual = run_optimizer(lambda params: LARS(params, lr=0.1, weight_decay=0.01, trust_coefficient=0.02),
-                           WEIGHT_2D, GRADS_2D, lr_lambda=lambda step: LR_FACTORS[step % len(LR_FACTORS)])
+    actual = run_optimizer(
+        lambda params: LARS(params, lr=0.1, weight_decay=0.01, trust_coefficient=0.02),
+        WEIGHT_2D,
+        GRADS_2D,
+        lr_lambda=lambda step: LR_FACTORS[step % len(LR_FACTORS)],
+    )
     lrs = [0.1 * factor for factor in LR_FACTORS]
     assert_close(actual, lars_reference(WEIGHT_2D, GRADS_2D, lrs, 0.9, 0.01, 0.02, False))
     constant_lr = lars_reference(WEIGHT_2D, GRADS_2D, LRS, 0.9, 0.01, 0.02, False)
@@ -156,8 +171,12 @@ def test_lars_follows_lambda_lr():
 
 
 def test_lamb_follows_lambda_lr():
-    actual = run_optimizer(lambda params: LAMB(params, lr=0.1, weight_decay=0.01),
-                           WEIGHT_2D, GRADS_2D, lr_lambda=lambda step: LR_FACTORS[step % len(LR_FACTORS)])
+    actual = run_optimizer(
+        lambda params: LAMB(params, lr=0.1, weight_decay=0.01),
+        WEIGHT_2D,
+        GRADS_2D,
+        lr_lambda=lambda step: LR_FACTORS[step % len(LR_FACTORS)],
+    )
     lrs = [0.1 * factor for factor in LR_FACTORS]
     assert_close(actual, lamb_reference(WEIGHT_2D, GRADS_2D, lrs, (0.9, 0.999), 1e-6, 0.01, False))
     constant_lr = lamb_reference(WEIGHT_2D, GRADS_2D, LRS, (0.9, 0.999), 1e-6, 0.01, False)
@@ -168,10 +187,21 @@ def test_param_groups_override_defaults_and_skip_missing_grads():
     weight = torch.nn.Parameter(WEIGHT_2D.clone())
     bias = torch.nn.Parameter(BIAS.clone())
     frozen = torch.nn.Parameter(WEIGHT_2D.clone())
-    optimizer = LARS([{"params": [weight, frozen]},
-                      {"params": [bias], "momentum": 0.5, "weight_decay": 0.1,
-                       "trust_coefficient": 0.05, "exclude_bias_and_norm": False}],
-                     lr=0.1, weight_decay=0.01, trust_coefficient=0.02)
+    optimizer = LARS(
+        [
+            {"params": [weight, frozen]},
+            {
+                "params": [bias],
+                "momentum": 0.5,
+                "weight_decay": 0.1,
+                "trust_coefficient": 0.05,
+                "exclude_bias_and_norm": False,
+            },
+        ],
+        lr=0.1,
+        weight_decay=0.01,
+        trust_coefficient=0.02,
+    )
     for grad_2d, grad_1d in zip(GRADS_2D, GRADS_1D):
         weight.grad, bias.grad = grad_2d.clone(), grad_1d.clone()
         optimizer.step()
@@ -187,10 +217,14 @@ def run_two_tensors(optimizer, weight, bias, grads):
         optimizer.step()
 
 
-@pytest.mark.parametrize("make_optimizer", [
-    lambda params: LARS(params, lr=0.1, weight_decay=0.01, trust_coefficient=0.02),
-    lambda params: LAMB(params, lr=0.1, weight_decay=0.01),
-], ids=["lars", "lamb"])
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: LARS(params, lr=0.1, weight_decay=0.01, trust_coefficient=0.02),
+        lambda params: LAMB(params, lr=0.1, weight_decay=0.01),
+    ],
+    ids=["lars", "lamb"],
+)
 def test_state_dict_round_trip_equals_uninterrupted(make_optimizer):
     grads = list(zip(GRADS_2D, GRADS_1D))
     weight, bias = torch.nn.Parameter(WEIGHT_2D.clone()), torch.nn.Parameter(BIAS.clone())
@@ -212,33 +246,43 @@ def test_state_dict_round_trip_equals_uninterrupted(make_optimizer):
     assert_close(resumed_bias.detach(), bias.detach())
 
 
-@pytest.mark.parametrize("make_optimizer, argument", [
-    (lambda params: LARS(params, lr=-0.1), "lr"),
-    (lambda params: LARS(params, lr=0.1, momentum=1.0), "momentum"),
-    (lambda params: LARS(params, lr=0.1, momentum=-0.1), "momentum"),
-    (lambda params: LARS(params, lr=0.1, weight_decay=-1e-4), "weight_decay"),
-    (lambda params: LARS(params, lr=0.1, trust_coefficient=0.0), "trust_coefficient"),
-    (lambda params: LARS(params, lr=0.1, eps=-1.0), "eps"),
-    (lambda params: LARS([{"params": params, "momentum": 2.0}], lr=0.1), "momentum"),
-    (lambda params: LAMB(params, lr=-0.1), "lr"),
-    (lambda params: LAMB(params, lr=0.1, betas=(1.0, 0.999)), r"betas\[0\]"),
-    (lambda params: LAMB(params, lr=0.1, betas=(0.9, -0.1)), r"betas\[1\]"),
-    (lambda params: LAMB(params, lr=0.1, betas=(0.9,)), "betas"),
-    (lambda params: LAMB(params, lr=0.1, eps=-1e-6), "eps"),
-    (lambda params: LAMB(params, lr=0.1, weight_decay=-0.01), "weight_decay"),
-    (lambda params: LAMB([{"params": params, "weight_decay": -1.0}], lr=0.1), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "make_optimizer, argument",
+    [
+        (lambda params: LARS(params, lr=-0.1), "lr"),
+        (lambda params: LARS(params, lr=0.1, momentum=1.0), "momentum"),
+        (lambda params: LARS(params, lr=0.1, momentum=-0.1), "momentum"),
+        (lambda params: LARS(params, lr=0.1, weight_decay=-1e-4), "weight_decay"),
+        (lambda params: LARS(params, lr=0.1, trust_coefficient=0.0), "trust_coefficient"),
+        (lambda params: LARS(params, lr=0.1, eps=-1.0), "eps"),
+        (lambda params: LARS([{"params": params, "momentum": 2.0}], lr=0.1), "momentum"),
+        (lambda params: LAMB(params, lr=-0.1), "lr"),
+        (lambda params: LAMB(params, lr=0.1, betas=(1.0, 0.999)), r"betas\[0\]"),
+        (lambda params: LAMB(params, lr=0.1, betas=(0.9, -0.1)), r"betas\[1\]"),
+        (lambda params: LAMB(params, lr=0.1, betas=(0.9,)), "betas"),
+        (lambda params: LAMB(params, lr=0.1, eps=-1e-6), "eps"),
+        (lambda params: LAMB(params, lr=0.1, weight_decay=-0.01), "weight_decay"),
+        (lambda params: LAMB([{"params": params, "weight_decay": -1.0}], lr=0.1), "weight_decay"),
+    ],
+)
 def test_constructor_rejects_bad_arguments(make_optimizer, argument):
     with pytest.raises(ValueError, match=argument):
         make_optimizer([torch.nn.Parameter(WEIGHT_2D.clone())])
 
 
-@pytest.mark.parametrize("name, expected_class", [
-    ("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("lars", LARS), ("lamb", LAMB),
-])
+@pytest.mark.parametrize(
+    "name, expected_class",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adamw", torch.optim.AdamW),
+        ("lars", LARS),
+        ("lamb", LAMB),
+    ],
+)
 def test_build_optimizer_returns_the_named_class(name, expected_class):
-    optimizer = build_optimizer(name, [torch.nn.Parameter(WEIGHT_2D.clone())], lr=0.1,
-                                momentum=0.9, nesterov=(name == "sgd"), weight_decay=5e-4)
+    optimizer = build_optimizer(
+        name, [torch.nn.Parameter(WEIGHT_2D.clone())], lr=0.1, momentum=0.9, nesterov=(name == "sgd"), weight_decay=5e-4
+    )
     assert type(optimizer) is expected_class
     group = optimizer.param_groups[0]
     assert group["lr"] == 0.1
@@ -249,11 +293,18 @@ def test_build_optimizer_passes_method_settings():
     params = [torch.nn.Parameter(WEIGHT_2D.clone())]
     sgd = build_optimizer("sgd", params, lr=0.1, momentum=0.8, nesterov=True, weight_decay=0.0)
     assert sgd.param_groups[0]["momentum"] == 0.8 and sgd.param_groups[0]["nesterov"] is True
-    adamw = build_optimizer("adamw", params, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0,
-                            betas=(0.8, 0.99))
+    adamw = build_optimizer("adamw", params, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0, betas=(0.8, 0.99))
     assert adamw.param_groups[0]["eps"] == 1e-8 and adamw.param_groups[0]["betas"] == (0.8, 0.99)
-    lars = build_optimizer("lars", params, lr=0.1, momentum=0.8, nesterov=False, weight_decay=0.0,
-                           trust_coefficient=0.02, exclude_bias_and_norm=False)
+    lars = build_optimizer(
+        "lars",
+        params,
+        lr=0.1,
+        momentum=0.8,
+        nesterov=False,
+        weight_decay=0.0,
+        trust_coefficient=0.02,
+        exclude_bias_and_norm=False,
+    )
     assert lars.param_groups[0]["trust_coefficient"] == 0.02
     assert lars.param_groups[0]["momentum"] == 0.8
     assert lars.param_groups[0]["exclude_bias_and_norm"] is False
@@ -264,5 +315,6 @@ def test_build_optimizer_passes_method_settings():
 
 def test_build_optimizer_rejects_unknown_name():
     with pytest.raises(ValueError, match="unknown optimizer"):
-        build_optimizer("adagrad", [torch.nn.Parameter(WEIGHT_2D.clone())], lr=0.1,
-                        momentum=0.9, nesterov=False, weight_decay=0.0)
+        build_optimizer(
+            "adagrad", [torch.nn.Parameter(WEIGHT_2D.clone())], lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0
+        )

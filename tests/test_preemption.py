@@ -16,11 +16,32 @@ from train.preemption import PREEMPTED_EXIT_CODE
 from utilities.checkpoint import load_checkpoint
 
 # 6000 samples, batch 16, 2 ranks: ~168 steps per epoch, so a stop 10 steps into epoch 2 is mid-epoch.
-RUN = ["--dataset", "synthetic", "--synthetic-size", "6000", "--model", "mlp", "--batch-size", "16",
-       "--epochs", "2", "--log-every", "20", "--deterministic", "--timeout", "60"]
+RUN = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "6000",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "2",
+    "--log-every",
+    "20",
+    "--deterministic",
+    "--timeout",
+    "60",
+]
 IN_EPOCH_2 = "epoch 2/2 step 20/"  # rank 0's progress line: epoch 2 has begun, well before its end
-TIMING_FIELDS = {"images_per_second", "train_seconds", "wall_seconds", "comm_seconds", "epoch_comm_seconds",
-                 "compute_seconds"}
+TIMING_FIELDS = {
+    "images_per_second",
+    "train_seconds",
+    "wall_seconds",
+    "comm_seconds",
+    "epoch_comm_seconds",
+    "compute_seconds",
+}
 
 
 def without_timings(rows):
@@ -33,7 +54,9 @@ def wait_for(condition, processes, what: str, timeout: float = 180) -> None:
         if condition():
             return
         for process in processes:
-            assert process.poll() is None, f"exited {process.returncode} before {what}\n{process.log.read_text()[-3000:]}"
+            assert process.poll() is None, (
+                f"exited {process.returncode} before {what}\n{process.log.read_text()[-3000:]}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"no {what} within {timeout} s")
 
@@ -46,8 +69,9 @@ def epochs_done(output_dir: Path) -> int:
 def start(command: list, log: Path, env: dict = None) -> subprocess.Popen:
     """Start ``command`` with its stderr in ``log``, which the test can read while it runs."""
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=env or child_env(), stdout=subprocess.DEVNULL,
-                                   stderr=stderr, text=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env or child_env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True
+        )
     process.log = log
     return process
 
@@ -60,8 +84,14 @@ def start_ranks(args: list, folder: Path, world_size: int = 2) -> list:
     """The ranks of one run as separate processes (as torchrun starts them), to see each one's exit code."""
     port, ranks = free_port(), []
     for rank in range(world_size):
-        env = dict(child_env(), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env = dict(
+            child_env(),
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         ranks.append(start([sys.executable, str(REPO / "main.py"), *args], folder / f"rank-{rank}.log", env))
     return ranks
 
@@ -81,13 +111,17 @@ def mid_epoch_files(output_dir: Path) -> list:
     return sorted(p.name for p in (output_dir / "checkpoints").glob("*.step-*.pt"))
 
 
-@pytest.mark.parametrize("training_type,extra,stop_signal", [
-    ("MBSGD", [], signal.SIGTERM),
-    # J=5 with --overlap: the stop (a multiple of 10 steps) falls on a round just begun, still in flight.
-    ("PLSGD", ["--local-steps", "5", "--overlap"], signal.SIGUSR1),
-])
-def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resume_is_bit_identical(tmp_path, training_type, extra,
-                                                                                stop_signal):
+@pytest.mark.parametrize(
+    "training_type,extra,stop_signal",
+    [
+        ("MBSGD", [], signal.SIGTERM),
+        # J=5 with --overlap: the stop (a multiple of 10 steps) falls on a round just begun, still in flight.
+        ("PLSGD", ["--local-steps", "5", "--overlap"], signal.SIGUSR1),
+    ],
+)
+def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resume_is_bit_identical(
+    tmp_path, training_type, extra, stop_signal
+):
     args = [*RUN, "--training-type", training_type, *extra]
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     check_ok(run_main([*args, "--output-dir", str(whole)], nproc=2))
@@ -117,8 +151,22 @@ def test_sigterm_to_the_torchrun_agent_checkpoints_mid_epoch_and_resumes_exactly
     args = [*RUN, "--training-type", "PLSGD", "--local-steps", "4"]
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     check_ok(run_main([*args, "--output-dir", str(whole)], nproc=2))
-    agent = start([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                   str(REPO / "main.py"), *args, "--resume", "auto", "--output-dir", str(pieces)], tmp_path / "agent.log")
+    agent = start(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            str(REPO / "main.py"),
+            *args,
+            "--resume",
+            "auto",
+            "--output-dir",
+            str(pieces),
+        ],
+        tmp_path / "agent.log",
+    )
     wait_for(logged(agent, IN_EPOCH_2), [agent], "epoch 2")
     agent.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
     stderr = finish([agent])[0]
@@ -132,8 +180,22 @@ def test_sigterm_to_the_torchrun_agent_checkpoints_mid_epoch_and_resumes_exactly
 
 # ----- LAPSGD / LPPSGD workers -----------------------------------------------------------------------
 
-HOGWILD = ["--dataset", "synthetic", "--synthetic-size", "6000", "--model", "mlp", "--batch-size", "16",
-           "--training-type", "LAPSGD", "--workers-per-node", "2", "--log-every", "1000"]
+HOGWILD = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "6000",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "16",
+    "--training-type",
+    "LAPSGD",
+    "--workers-per-node",
+    "2",
+    "--log-every",
+    "1000",
+]
 
 
 def worker_pids(rank_pid: int) -> list:

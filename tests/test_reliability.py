@@ -9,27 +9,47 @@ import time
 import pytest
 import torch
 
-from tests.harness import (REPO, TINY, check_ok, child_env, final_model, free_port, metrics, run_main, summary)
+from tests.harness import REPO, TINY, check_ok, child_env, final_model, free_port, metrics, run_main, summary
 from utilities.checkpoint import load_checkpoint
 
-SMALL = ["--dataset", "synthetic", "--synthetic-size", "1400", "--model", "mlp", "--batch-size", "32",
-         "--log-every", "1000", "--deterministic"]
-TIMING_FIELDS = {"images_per_second", "train_seconds", "wall_seconds", "comm_seconds", "epoch_comm_seconds",
-                 "comm_inflight_seconds",
-                 "compute_seconds"}
+SMALL = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "1400",
+    "--model",
+    "mlp",
+    "--batch-size",
+    "32",
+    "--log-every",
+    "1000",
+    "--deterministic",
+]
+TIMING_FIELDS = {
+    "images_per_second",
+    "train_seconds",
+    "wall_seconds",
+    "comm_seconds",
+    "epoch_comm_seconds",
+    "comm_inflight_seconds",
+    "compute_seconds",
+}
 
 
 def without_timings(rows):
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
 
 
-@pytest.mark.parametrize("training_type,extra", [
-    ("MBSGD", []),
-    ("PLSGD", ["--local-steps", "5"]),  # 19 steps per epoch: the checkpoint falls mid-period
-    ("SlowMo", ["--local-steps", "5", "--slow-momentum", "0.6"]),
-    ("AdaptiveJ", ["--local-steps", "4", "--min-local-steps", "2"]),
-    ("EASGD", ["--local-steps", "5"]),  # the center variable must come back from the checkpoint
-])
+@pytest.mark.parametrize(
+    "training_type,extra",
+    [
+        ("MBSGD", []),
+        ("PLSGD", ["--local-steps", "5"]),  # 19 steps per epoch: the checkpoint falls mid-period
+        ("SlowMo", ["--local-steps", "5", "--slow-momentum", "0.6"]),
+        ("AdaptiveJ", ["--local-steps", "4", "--min-local-steps", "2"]),
+        ("EASGD", ["--local-steps", "5"]),  # the center variable must come back from the checkpoint
+    ],
+)
 def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, training_type, extra):
     args = [*SMALL, "--training-type", training_type, *extra, "--epochs", "3"]
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
@@ -78,17 +98,41 @@ def _wait_for_epochs(output_dir, count: int, process, timeout: float = 120) -> N
 
 
 def test_torchrun_restarts_a_killed_rank_from_the_last_checkpoint(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
-               f"--master_port={free_port()}", str(REPO / "main.py"), "--dataset", "synthetic",
-               "--synthetic-size", "6000", "--model", "mlp", "--batch-size", "16", "--epochs", "4",
-               "--log-every", "1000", "--resume", "auto", "--output-dir", str(tmp_path)]
-    agent = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        f"--master_port={free_port()}",
+        str(REPO / "main.py"),
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "6000",
+        "--model",
+        "mlp",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "4",
+        "--log-every",
+        "1000",
+        "--resume",
+        "auto",
+        "--output-dir",
+        str(tmp_path),
+    ]
+    agent = subprocess.Popen(
+        command, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         _wait_for_epochs(tmp_path, 1, agent)
         # metrics.jsonl leads the checkpoints: wait for every rank's file, or epoch 1 is rightly not resumable.
-        while not all((tmp_path / "checkpoints" / name).exists()
-                      for name in ("epoch-00001.pt.sha256", "epoch-00001.rank-1.pt.sha256")):
+        while not all(
+            (tmp_path / "checkpoints" / name).exists()
+            for name in ("epoch-00001.pt.sha256", "epoch-00001.rank-1.pt.sha256")
+        ):
             assert agent.poll() is None
             time.sleep(0.1)
         ranks = _children(agent.pid)
@@ -107,12 +151,41 @@ def test_without_restarts_the_surviving_rank_exits_with_one_clear_line(tmp_path)
     port = free_port()
     ranks = []
     for rank in range(2):
-        env = dict(child_env(), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))
-        ranks.append(subprocess.Popen([sys.executable, str(REPO / "main.py"), "--dataset", "synthetic",
-                                       "--synthetic-size", "6000", "--model", "mlp", "--batch-size", "16",
-                                       "--epochs", "20", "--timeout", "30", "--output-dir", str(tmp_path)],
-                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            child_env(),
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        ranks.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "main.py"),
+                    "--dataset",
+                    "synthetic",
+                    "--synthetic-size",
+                    "6000",
+                    "--model",
+                    "mlp",
+                    "--batch-size",
+                    "16",
+                    "--epochs",
+                    "20",
+                    "--timeout",
+                    "30",
+                    "--output-dir",
+                    str(tmp_path),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         _wait_for_epochs(tmp_path, 1, ranks[0])
         ranks[1].send_signal(signal.SIGKILL)
@@ -130,8 +203,21 @@ def test_without_restarts_the_surviving_rank_exits_with_one_clear_line(tmp_path)
 
 def test_divergence_stops_naming_step_and_lr_and_keeps_the_last_good_checkpoint(tmp_path):
     # The LR jumps a million-fold after epoch 1, so epoch 2 diverges.
-    result = run_main([*SMALL, "--epochs", "3", "--lr-schedule", "multistep", "--milestones", "1", "--gamma", "1e7",
-                       "--output-dir", str(tmp_path)])
+    result = run_main(
+        [
+            *SMALL,
+            "--epochs",
+            "3",
+            "--lr-schedule",
+            "multistep",
+            "--milestones",
+            "1",
+            "--gamma",
+            "1e7",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert result.returncode == 3
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: training diverged") and " at step " in lines[-1] and "lr" in lines[-1]
@@ -146,8 +232,21 @@ def test_on_nan_skip_drops_the_bad_steps_and_finishes(tmp_path):
 
 
 def test_check_replicas_passes_for_correct_syncs(tmp_path):
-    check_ok(run_main([*TINY, "--training-type", "PLSGD", "--local-steps", "3", "--check-replicas",
-                       "--output-dir", str(tmp_path)], nproc=2))
+    check_ok(
+        run_main(
+            [
+                *TINY,
+                "--training-type",
+                "PLSGD",
+                "--local-steps",
+                "3",
+                "--check-replicas",
+                "--output-dir",
+                str(tmp_path),
+            ],
+            nproc=2,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +317,8 @@ def test_corrupt_or_mismatched_checkpoint_on_resume(tmp_path, finished_run):
     result = run_main([*TINY, "--epochs", "2", "--resume", str(corrupt), "--output-dir", str(tmp_path / "a")])
     assert result.returncode == 2 and "cannot be loaded" in result.stderr and "Traceback" not in result.stderr
     before = snapshot(finished_run)
-    mismatched = run_main([*TINY, "--epochs", "2", "--model", "mlp", "--resume", str(checkpoint),
-                           "--output-dir", str(finished_run)])
+    mismatched = run_main(
+        [*TINY, "--epochs", "2", "--model", "mlp", "--resume", str(checkpoint), "--output-dir", str(finished_run)]
+    )
     assert mismatched.returncode == 2 and "another run" in mismatched.stderr
     assert snapshot(finished_run) == before

@@ -11,19 +11,21 @@ import torch
 
 from train.schedules import Schedule, default_warmup_start, scaled_lr
 
-
 # ----------------------------------------------------------------------------- scaling rules
 
 
-@pytest.mark.parametrize("rule, global_batch, expected", [
-    ("none", 1024, 0.1),
-    ("linear", 1024, 0.4),
-    ("linear", 128, 0.05),
-    ("linear", 256, 0.1),
-    ("sqrt", 1024, 0.2),
-    ("sqrt", 64, 0.05),
-    ("sqrt", 256, 0.1),
-])
+@pytest.mark.parametrize(
+    "rule, global_batch, expected",
+    [
+        ("none", 1024, 0.1),
+        ("linear", 1024, 0.4),
+        ("linear", 128, 0.05),
+        ("linear", 256, 0.1),
+        ("sqrt", 1024, 0.2),
+        ("sqrt", 64, 0.05),
+        ("sqrt", 256, 0.1),
+    ],
+)
 def test_scaled_lr_by_hand(rule, global_batch, expected):
     assert scaled_lr(0.1, global_batch, 256, rule) == pytest.approx(expected, rel=1e-12)
 
@@ -80,8 +82,15 @@ def test_multistep_milestones_with_gamma():
 
 
 def test_multistep_after_warmup():
-    schedule = Schedule(peak_lr=0.4, total_steps=100, warmup_steps=4, warmup_start_lr=0.1, kind="multistep",
-                        milestone_steps=(50,), gamma=0.1)
+    schedule = Schedule(
+        peak_lr=0.4,
+        total_steps=100,
+        warmup_steps=4,
+        warmup_start_lr=0.1,
+        kind="multistep",
+        milestone_steps=(50,),
+        gamma=0.1,
+    )
     assert [schedule.lr_at(step) for step in range(5)] == pytest.approx([0.1, 0.175, 0.25, 0.325, 0.4])
     assert schedule.lr_at(50) == pytest.approx(0.04)
 
@@ -92,8 +101,15 @@ def test_multistep_after_warmup():
 SCHEDULES = [
     Schedule(peak_lr=0.3, total_steps=40, warmup_steps=5, warmup_start_lr=0.03, kind="cosine"),
     Schedule(peak_lr=0.3, total_steps=40, warmup_steps=0, kind="cosine"),
-    Schedule(peak_lr=0.2, total_steps=40, warmup_steps=3, warmup_start_lr=0.02, kind="multistep",
-             milestone_steps=(10, 25), gamma=0.1),
+    Schedule(
+        peak_lr=0.2,
+        total_steps=40,
+        warmup_steps=3,
+        warmup_start_lr=0.02,
+        kind="multistep",
+        milestone_steps=(10, 25),
+        gamma=0.1,
+    ),
     Schedule(peak_lr=0.05, total_steps=40, warmup_steps=8, warmup_start_lr=0.5, kind="constant"),
 ]
 
@@ -118,8 +134,9 @@ def test_lambda_lr_reproduces_lr_at(schedule):
     optimizer = one_parameter_sgd()
     scheduler = schedule.scheduler(optimizer)
     lrs = run_steps(optimizer, scheduler, schedule.total_steps + 3)
-    assert lrs == pytest.approx([schedule.lr_at(step) for step in range(schedule.total_steps + 3)],
-                                rel=1e-12, abs=1e-15)
+    assert lrs == pytest.approx(
+        [schedule.lr_at(step) for step in range(schedule.total_steps + 3)], rel=1e-12, abs=1e-15
+    )
 
 
 def test_scheduler_ignores_a_previous_scheduler_on_the_optimizer():
@@ -150,12 +167,15 @@ def test_scheduler_resumes_from_state_dicts():
 # ----------------------------------------------------------------------------- argument checks
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(peak_lr=0.1, total_steps=10, kind="linear"), "kind"),
-    (dict(peak_lr=0.1, total_steps=0), "total_steps"),
-    (dict(peak_lr=0.1, total_steps=-5), "total_steps"),
-    (dict(peak_lr=0.1, total_steps=10, warmup_steps=-1), "warmup_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(peak_lr=0.1, total_steps=10, kind="linear"), "kind"),
+        (dict(peak_lr=0.1, total_steps=0), "total_steps"),
+        (dict(peak_lr=0.1, total_steps=-5), "total_steps"),
+        (dict(peak_lr=0.1, total_steps=10, warmup_steps=-1), "warmup_steps"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Schedule(**kwargs)

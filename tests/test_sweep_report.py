@@ -16,8 +16,12 @@ from tools import hessian, report, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke_sweep.yaml")
-SMOKE_RUNS = ["training_type=MBSGD,ranks=1", "training_type=MBSGD,ranks=2", "training_type=PLSGD,ranks=1",
-              "training_type=PLSGD,ranks=2"]
+SMOKE_RUNS = [
+    "training_type=MBSGD,ranks=1",
+    "training_type=MBSGD,ranks=2",
+    "training_type=PLSGD,ranks=1",
+    "training_type=PLSGD,ranks=2",
+]
 
 
 def write_sweep(directory: Path, text: str) -> str:
@@ -27,7 +31,9 @@ def write_sweep(directory: Path, text: str) -> str:
 
 
 def test_grid_expands_to_the_product_with_readable_names_and_merged_settings(tmp_path):
-    path = write_sweep(tmp_path, """
+    path = write_sweep(
+        tmp_path,
+        """
 name: unit
 base: {dataset: synthetic, model: mlp, lr: 0.1, local_steps: 4}
 launch: {ranks: 3}
@@ -36,16 +42,25 @@ grid:
   local_steps: [8, 16]
   weight_decay: [1e-4, 5.0e-4]
   "optimizer,lr": [[sgd, 0.2], [lamb, 0.002]]
-""")
+""",
+    )
     loaded = sweep.load_sweep(path, str(tmp_path / "runs"))
     runs = sweep.expand(loaded)
     assert len(runs) == 2 * 2 * 2 * 2
     first = runs[0]
     assert first.name == "training_type=PLSGD,local_steps=8,weight_decay=0.0001,optimizer=sgd,lr=0.2"
     assert first.ranks == 3 and first.directory == str(tmp_path / "runs" / first.name)
-    assert first.settings == {"dataset": "synthetic", "model": "mlp", "lr": 0.2, "local_steps": 8,
-                              "training_type": "PLSGD", "weight_decay": 1e-4, "optimizer": "sgd",
-                              "output_dir": first.directory, "resume": "auto"}
+    assert first.settings == {
+        "dataset": "synthetic",
+        "model": "mlp",
+        "lr": 0.2,
+        "local_steps": 8,
+        "training_type": "PLSGD",
+        "weight_decay": 1e-4,
+        "optimizer": "sgd",
+        "output_dir": first.directory,
+        "resume": "auto",
+    }
     assert runs[-1].name == "training_type=SlowMo,local_steps=16,weight_decay=0.0005,optimizer=lamb,lr=0.002"
     assert len({run.name for run in runs}) == len(runs)
     sweep.check_settings(runs)  # every run parses as main.py would parse it
@@ -62,19 +77,22 @@ def test_ranks_in_the_grid_choose_the_launcher(tmp_path):
     assert pair[4].startswith("--master_port=")
 
 
-@pytest.mark.parametrize("text,message", [
-    ("name: bad\ngrid: {lrr: [0.1]}\n", "unknown setting 'lrr' (did you mean 'lr'?)"),
-    ("name: bad\nbase: {epoch: 1}\ngrid: {lr: [0.1]}\n", "unknown setting 'epoch'"),
-    ("name: bad\ngrid: {lr: []}\n", "grid 'lr' needs a non-empty list"),
-    ("name: bad\ngrid: {lr: 0.1}\n", "grid 'lr' needs a non-empty list"),
-    ("name: bad\ngrid: {lr: [0.1}\n", "not valid YAML"),
-    ("name: bad\ngrid: {lr: [-1.0]}\n", "--lr must be positive"),
-    ("name: bad\ngrid: {optimizer: [sgdd]}\n", "unknown value 'sgdd'"),
-    ("name: bad\ngrid: {ranks: [0]}\n", "ranks must be a positive whole number"),
-    ("name: bad\nbase: {output_dir: x}\ngrid: {lr: [0.1]}\n", "set by the sweep"),
-    ("name: bad\ngrids: {lr: [0.1]}\n", "unknown top-level key 'grids'"),
-    ("grid: {lr: [0.1]}\n", "'name' must be"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("name: bad\ngrid: {lrr: [0.1]}\n", "unknown setting 'lrr' (did you mean 'lr'?)"),
+        ("name: bad\nbase: {epoch: 1}\ngrid: {lr: [0.1]}\n", "unknown setting 'epoch'"),
+        ("name: bad\ngrid: {lr: []}\n", "grid 'lr' needs a non-empty list"),
+        ("name: bad\ngrid: {lr: 0.1}\n", "grid 'lr' needs a non-empty list"),
+        ("name: bad\ngrid: {lr: [0.1}\n", "not valid YAML"),
+        ("name: bad\ngrid: {lr: [-1.0]}\n", "--lr must be positive"),
+        ("name: bad\ngrid: {optimizer: [sgdd]}\n", "unknown value 'sgdd'"),
+        ("name: bad\ngrid: {ranks: [0]}\n", "ranks must be a positive whole number"),
+        ("name: bad\nbase: {output_dir: x}\ngrid: {lr: [0.1]}\n", "set by the sweep"),
+        ("name: bad\ngrids: {lr: [0.1]}\n", "unknown top-level key 'grids'"),
+        ("grid: {lr: [0.1]}\n", "'name' must be"),
+    ],
+)
 def test_bad_sweep_files_fail_with_one_line_and_code_2(tmp_path, capsys, text, message):
     assert sweep.main([write_sweep(tmp_path, text), "--dry-run"]) == 2
     error = capsys.readouterr().err.strip()
@@ -83,8 +101,9 @@ def test_bad_sweep_files_fail_with_one_line_and_code_2(tmp_path, capsys, text, m
 
 def test_unknown_setting_from_the_command_line(tmp_path):
     path = write_sweep(tmp_path, "name: bad\ngrid: {training_typ: [MBSGD]}\n")
-    result = subprocess.run([sys.executable, "-m", "tools.sweep", path], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.sweep", path], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "unknown setting 'training_typ'" in result.stderr
@@ -112,7 +131,7 @@ def test_slurm_array_script(tmp_path):
     text = script.read_text()
     assert "#SBATCH --array=0-3\n" in text and "#SBATCH --nodes=2\n" in text
     assert text.count("sweep_config.yaml") == 4 and "RANKS=(1 2 1 2)" in text
-    assert "srun --kill-on-bad-exit=1" in text and "--config \"$config\"" in text
+    assert "srun --kill-on-bad-exit=1" in text and '--config "$config"' in text
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     for name in SMOKE_RUNS:  # configs written, nothing run
         settings = yaml.safe_load((tmp_path / "runs" / name / "sweep_config.yaml").read_text())
@@ -158,8 +177,7 @@ def test_report_of_the_smoke_sweep(smoke_runs, tmp_path, capsys):
     text = (out / "report.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 4
-    assert [row.split(" | ")[1:3] for row in rows] == [["MBSGD", "1"], ["MBSGD", "2"], ["PLSGD", "1"],
-                                                       ["PLSGD", "2"]]
+    assert [row.split(" | ")[1:3] for row in rows] == [["MBSGD", "1"], ["MBSGD", "2"], ["PLSGD", "1"], ["PLSGD", "2"]]
     assert rows[0].split(" | ")[3] == "" and rows[3].split(" | ")[3] == "4"  # J blank for MBSGD
     for name in ("accuracy_vs_epoch.png", "accuracy_vs_rounds.png", "accuracy_vs_wall_time.png"):
         assert (out / name).stat().st_size > 1000, name

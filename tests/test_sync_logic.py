@@ -12,10 +12,10 @@ from tests.fake_comm import FakeCommunicator
 from tests.harness import tiny_model, train_steps
 from train.sync.adaptive import AdaptiveJ, LocalStepsController
 from train.sync.averaging import Averager
+from train.sync.flat_buffer import FlatBuffer, floating_state
 from train.sync.plsgd import PLSGD
 from train.sync.slowmo import SlowMo
 from utilities.distributed import CommMeter
-from train.sync.flat_buffer import FlatBuffer, floating_state
 
 
 @pytest.fixture
@@ -103,8 +103,10 @@ def test_bf16_sends_the_change_and_carries_the_rounding_error(ranks):
     generator = torch.Generator().manual_seed(0)
     starts = torch.randn(size, generator=generator)
     # Changes of 1e-3 on values near 1 are far below bf16's resolution there: most would be lost without feedback.
-    targets = [[starts + 1e-3 * torch.randn(size, generator=generator) * (k + 1) for k in range(count)]
-               for _ in range(world_size)]
+    targets = [
+        [starts + 1e-3 * torch.randn(size, generator=generator) * (k + 1) for k in range(count)]
+        for _ in range(world_size)
+    ]
     results = comm.run(bf16_rounds, starts, targets)
     for k, collective in enumerate(comm.collectives("all_reduce")):
         assert collective.dtype == torch.bfloat16
@@ -151,17 +153,20 @@ def test_slowmo_outer_step_follows_the_paper(ranks):
     assert all(torch.equal(a, b) for a, b in zip(outputs[1], results[1][2][1]))  # replicas agree
 
 
-@pytest.mark.parametrize("rule,history,expected", [
-    # threshold rule, thresholds (0.02, 0.005, 0.001) for epochs 0-2, 3-5, 6-8 of 9.
-    ("threshold", [(0, 1.0), (1, 0.9), (2, 0.89)], [8, 8, 16]),  # large gain keeps J; 1.1% < 2% doubles it
-    ("threshold", [(0, 1.0), (1, 1.1)], [8, 4]),  # the loss rose: halve
-    ("threshold", [(3, 1.0), (4, 0.997), (6, 0.996), (7, 0.9959)], [8, 16, 16, 32]),  # later phases, finer
-    ("threshold", [(0, 1.0), (1, 1.1), (2, 1.2), (3, 1.3)], [8, 4, 2, 2]),  # clamped at the minimum
-    ("threshold", [(0, 1.0), (1, 0.999), (2, 0.998), (3, 0.9979)], [8, 16, 32, 32]),  # and at the maximum
-    ("trend", [(0, 1.0), (1, 0.9), (2, 0.8)], [8, 8, 16]),  # fell twice: double
-    ("trend", [(0, 1.0), (1, 1.1), (2, 1.2)], [8, 8, 4]),  # rose twice: halve
-    ("trend", [(0, 1.0), (1, 0.9), (2, 1.0)], [8, 8, 8]),  # mixed: keep
-])
+@pytest.mark.parametrize(
+    "rule,history,expected",
+    [
+        # threshold rule, thresholds (0.02, 0.005, 0.001) for epochs 0-2, 3-5, 6-8 of 9.
+        ("threshold", [(0, 1.0), (1, 0.9), (2, 0.89)], [8, 8, 16]),  # large gain keeps J; 1.1% < 2% doubles it
+        ("threshold", [(0, 1.0), (1, 1.1)], [8, 4]),  # the loss rose: halve
+        ("threshold", [(3, 1.0), (4, 0.997), (6, 0.996), (7, 0.9959)], [8, 16, 16, 32]),  # later phases, finer
+        ("threshold", [(0, 1.0), (1, 1.1), (2, 1.2), (3, 1.3)], [8, 4, 2, 2]),  # clamped at the minimum
+        ("threshold", [(0, 1.0), (1, 0.999), (2, 0.998), (3, 0.9979)], [8, 16, 32, 32]),  # and at the maximum
+        ("trend", [(0, 1.0), (1, 0.9), (2, 0.8)], [8, 8, 16]),  # fell twice: double
+        ("trend", [(0, 1.0), (1, 1.1), (2, 1.2)], [8, 8, 4]),  # rose twice: halve
+        ("trend", [(0, 1.0), (1, 0.9), (2, 1.0)], [8, 8, 8]),  # mixed: keep
+    ],
+)
 def test_local_steps_controller_decisions(rule, history, expected):
     controller = LocalStepsController(8, 2, 32, rule, (0.02, 0.005, 0.001), total_epochs=9)
     assert [controller.update(epoch, loss) for epoch, loss in history] == expected

@@ -16,8 +16,9 @@ def _plsgd_agreement(rank, world_size, local_steps, steps):
     meter = CommMeter()
     identical = []
     train_steps(PLSGD(meter, local_steps), model, optimizer, rank, steps, identical)
-    state_bytes = sum(t.numel() * 4 for t in list(model.parameters()) + [b for b in model.buffers()
-                                                                         if b.is_floating_point()])
+    state_bytes = sum(
+        t.numel() * 4 for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+    )
     return identical, meter.snapshot(), state_bytes
 
 

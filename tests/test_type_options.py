@@ -50,10 +50,24 @@ def test_warning_is_printed_on_the_first_rank_only(capsys, monkeypatch):
 
 
 def test_each_type_names_the_options_of_the_others_it_ignores(capsys):
-    parse_config([*TINY, "--training-type", "LAPSGD", "--momentum-sync", "reset", "--prepass-epochs", "2",
-                  "--grad-compression", "fp16", "--outer-lr", "0.5"])
-    assert warnings(capsys) == ["warning: --training-type LAPSGD ignores --grad-compression, --momentum-sync, "
-                                "--outer-lr, --prepass-epochs"]
+    parse_config(
+        [
+            *TINY,
+            "--training-type",
+            "LAPSGD",
+            "--momentum-sync",
+            "reset",
+            "--prepass-epochs",
+            "2",
+            "--grad-compression",
+            "fp16",
+            "--outer-lr",
+            "0.5",
+        ]
+    )
+    assert warnings(capsys) == [
+        "warning: --training-type LAPSGD ignores --grad-compression, --momentum-sync, --outer-lr, --prepass-epochs"
+    ]
     parse_config([*TINY, "--training-type", "LPPSGD", "--prepass-epochs", "2"])
     assert warnings(capsys) == []
 
@@ -85,8 +99,20 @@ def test_the_generic_builder_passes_each_type_its_own_settings():
     post = build(["--training-type", "PostLocalSGD", "--switch-epoch", "3"], steps_per_epoch=7)
     assert post.switch_step == 21
     assert build(["--training-type", "PostLocalSGD", "--switch-step", "4"]).switch_step == 4
-    adaptive = build(["--training-type", "AdaptiveJ", "--local-steps", "8", "--min-local-steps", "2",
-                      "--max-local-steps", "32", "--adaptive-rule", "trend"])
+    adaptive = build(
+        [
+            "--training-type",
+            "AdaptiveJ",
+            "--local-steps",
+            "8",
+            "--min-local-steps",
+            "2",
+            "--max-local-steps",
+            "32",
+            "--adaptive-rule",
+            "trend",
+        ]
+    )
     controller = adaptive.controller
     assert (adaptive.local_steps, controller.minimum, controller.maximum, controller.rule) == (8, 2, 32, "trend")
     mbsgd = build(["--training-type", "MBSGD", "--grad-compression", "bf16", "--bucket-cap-mb", "5"])
@@ -95,4 +121,3 @@ def test_the_generic_builder_passes_each_type_its_own_settings():
     assert (averager.local_steps, averager.overlap_steps) == (4, 1)  # --overlap-steps: not read, left at 1
     with pytest.raises(ValueError, match="--switch-epoch or --switch-step"):
         build(["--training-type", "PostLocalSGD"])
-

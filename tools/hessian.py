@@ -46,8 +46,9 @@ def hessian_vector_products(loss_fn: LossFunction, params: list) -> Callable[[li
     """v -> H v for the Hessian of ``loss_fn()`` in ``params``; the gradient graph is built once and reused."""
     loss = loss_fn()
     gradients = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    pairs = [(index, gradient) for index, gradient in enumerate(gradients)
-             if gradient is not None and gradient.requires_grad]
+    pairs = [
+        (index, gradient) for index, gradient in enumerate(gradients) if gradient is not None and gradient.requires_grad
+    ]
 
     def product(vector: list) -> list:
         if not pairs:  # the loss is at most linear in params
@@ -59,8 +60,9 @@ def hessian_vector_products(loss_fn: LossFunction, params: list) -> Callable[[li
     return product
 
 
-def power_iteration(loss_fn: LossFunction, params: list, iterations: int, tolerance: float,
-                    generator: torch.Generator) -> tuple:
+def power_iteration(
+    loss_fn: LossFunction, params: list, iterations: int, tolerance: float, generator: torch.Generator
+) -> tuple:
     """(eigenvalue of largest magnitude, iterations used): v <- Hv / |Hv| from a seeded random start,
     the estimate being the Rayleigh quotient v^T H v; stops when it changes by less than
     ``tolerance`` relative to itself."""
@@ -86,8 +88,9 @@ def power_iteration(loss_fn: LossFunction, params: list, iterations: int, tolera
     return estimate, iterations
 
 
-def top_eigenvalue(loss_fn: LossFunction, params: list, iterations: int, tolerance: float,
-                   generator: torch.Generator) -> float:
+def top_eigenvalue(
+    loss_fn: LossFunction, params: list, iterations: int, tolerance: float, generator: torch.Generator
+) -> float:
     """The Hessian eigenvalue of largest magnitude (the top one for a loss near a minimum)."""
     return power_iteration(loss_fn, params, iterations, tolerance, generator)[0]
 
@@ -140,8 +143,11 @@ def parse_arguments(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed for the subset and the random vectors")
     parser.add_argument("--data-dir", help="where the data set is (default: the run's data_dir)")
     parser.add_argument("--top-k", type=int, default=1, help="also the k eigenvalues of largest magnitude (k > 1)")
-    parser.add_argument("--density", action="store_true",
-                        help="eigenvalue density by stochastic Lanczos quadrature, plotted in hessian_density.png")
+    parser.add_argument(
+        "--density",
+        action="store_true",
+        help="eigenvalue density by stochastic Lanczos quadrature, plotted in hessian_density.png",
+    )
     parser.add_argument("--lanczos-steps", type=int, default=90, help="--density: Lanczos steps per start vector")
     parser.add_argument("--slq-runs", type=int, default=1, help="--density: random start vectors averaged")
     return parser.parse_args(argv)
@@ -167,11 +173,19 @@ def main(argv=None) -> int:
 
     with torch.no_grad():
         loss = loss_fn().item()
-    eigenvalue, used = power_iteration(loss_fn, params, args.iterations, args.tolerance,
-                                       torch.Generator().manual_seed(args.seed + 1))
+    eigenvalue, used = power_iteration(
+        loss_fn, params, args.iterations, args.tolerance, torch.Generator().manual_seed(args.seed + 1)
+    )
     trace = hutchinson_trace(loss_fn, params, args.hutchinson, torch.Generator().manual_seed(args.seed + 2))
-    result = {"top_eigenvalue": eigenvalue, "trace": trace, "samples": len(labels), "iterations": used,
-              "hutchinson": args.hutchinson, "seed": args.seed, "loss": loss}
+    result = {
+        "top_eigenvalue": eigenvalue,
+        "trace": trace,
+        "samples": len(labels),
+        "iterations": used,
+        "hutchinson": args.hutchinson,
+        "seed": args.seed,
+        "loss": loss,
+    }
     if args.top_k > 1 or args.density:
         from tools.hessian_spectrum import spectrum_results  # it imports this module
 
@@ -179,13 +193,17 @@ def main(argv=None) -> int:
     with open(os.path.join(args.run_dir, "hessian.json"), "w") as handle:
         json.dump(result, handle, indent=2)
         handle.write("\n")
-    print(f"{args.run_dir}: top Hessian eigenvalue {eigenvalue:.6g} ({used} power iterations), trace {trace:.6g} "
-          f"({args.hutchinson} Rademacher vectors); mean loss {loss:.4f} on {len(labels)} training images")
+    print(
+        f"{args.run_dir}: top Hessian eigenvalue {eigenvalue:.6g} ({used} power iterations), trace {trace:.6g} "
+        f"({args.hutchinson} Rademacher vectors); mean loss {loss:.4f} on {len(labels)} training images"
+    )
     if "top_eigenvalues" in result:
         print(f"top {args.top_k} eigenvalues: {', '.join(f'{value:.6g}' for value in result['top_eigenvalues'])}")
     if "density" in result:
-        print(f"spectral density ({args.slq_runs} x {args.lanczos_steps} Lanczos steps) plotted in "
-              f"{os.path.join(args.run_dir, 'hessian_density.png')}")
+        print(
+            f"spectral density ({args.slq_runs} x {args.lanczos_steps} Lanczos steps) plotted in "
+            f"{os.path.join(args.run_dir, 'hessian_density.png')}"
+        )
     return 0
 
 

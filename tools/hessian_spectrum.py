@@ -42,8 +42,9 @@ def _orthogonalise(vector: torch.Tensor, basis: list) -> torch.Tensor:
     return vector
 
 
-def top_eigenvalues(loss_fn: LossFunction, params: list, k: int, iterations: int, tolerance: float,
-                    generator: torch.Generator) -> list:
+def top_eigenvalues(
+    loss_fn: LossFunction, params: list, k: int, iterations: int, tolerance: float, generator: torch.Generator
+) -> list:
     """The ``k`` Hessian eigenvalues of largest magnitude, largest magnitude first."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -99,8 +100,9 @@ def lanczos(product, start: torch.Tensor, steps: int) -> tuple:
     return nodes, eigenvectors[0] ** 2
 
 
-def spectral_density_nodes(loss_fn: LossFunction, params: list, steps: int, runs: int,
-                           generator: torch.Generator) -> list:
+def spectral_density_nodes(
+    loss_fn: LossFunction, params: list, steps: int, runs: int, generator: torch.Generator
+) -> list:
     """One (nodes, weights) quadrature per run, each from a Rademacher start vector; weights sum to 1."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -156,15 +158,25 @@ def spectrum_results(loss_fn: LossFunction, params: list, args, plot_path: str) 
     """The ``python -m tools.hessian`` additions: top-k eigenvalues and the plotted density."""
     result = {}
     if args.top_k > 1:
-        result["top_eigenvalues"] = top_eigenvalues(loss_fn, params, args.top_k, args.iterations, args.tolerance,
-                                                    torch.Generator().manual_seed(args.seed + 3))
+        result["top_eigenvalues"] = top_eigenvalues(
+            loss_fn, params, args.top_k, args.iterations, args.tolerance, torch.Generator().manual_seed(args.seed + 3)
+        )
     if args.density:
-        quadratures = spectral_density_nodes(loss_fn, params, args.lanczos_steps, args.slq_runs,
-                                             torch.Generator().manual_seed(args.seed + 4))
+        quadratures = spectral_density_nodes(
+            loss_fn, params, args.lanczos_steps, args.slq_runs, torch.Generator().manual_seed(args.seed + 4)
+        )
         grid, density, sigma = density_grid(quadratures)
-        plot_density(grid, density, plot_path, f"Hessian eigenvalue density ({args.slq_runs} x "
-                                               f"{args.lanczos_steps} Lanczos steps)")
-        result["density"] = {"nodes": [n.tolist() for n, _ in quadratures],
-                             "weights": [w.tolist() for _, w in quadratures], "sigma": sigma,
-                             "lanczos_steps": args.lanczos_steps, "runs": args.slq_runs}
+        plot_density(
+            grid,
+            density,
+            plot_path,
+            f"Hessian eigenvalue density ({args.slq_runs} x {args.lanczos_steps} Lanczos steps)",
+        )
+        result["density"] = {
+            "nodes": [n.tolist() for n, _ in quadratures],
+            "weights": [w.tolist() for _, w in quadratures],
+            "sigma": sigma,
+            "lanczos_steps": args.lanczos_steps,
+            "runs": args.slq_runs,
+        }
     return result

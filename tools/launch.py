@@ -10,8 +10,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MAIN = str(REPO / "main.py")
 # A surrounding torchrun or SLURM step's identity: the runs started here are jobs of their own.
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                      "SLURM_PROCID")
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_PROCID",
+)
 
 
 def free_port() -> int:
@@ -24,8 +31,15 @@ def main_command(ranks: int, args: list) -> list:
     """``python main.py ARGS`` for one rank; torchrun (as ``python -m torch.distributed.run``) on this host for more."""
     if ranks == 1:
         return [sys.executable, MAIN, *args]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={free_port()}",
-            MAIN, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={ranks}",
+        f"--master_port={free_port()}",
+        MAIN,
+        *args,
+    ]
 
 
 def child_environment(**overrides) -> dict:

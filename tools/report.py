@@ -20,12 +20,24 @@ import sys
 
 import yaml
 
-TABLE_COLUMNS = ("run", "method", "K", "J", "best val acc %", "final test acc %", "rounds", "MB sent per rank",
-                 "comm reduction %", "wall time s")
+TABLE_COLUMNS = (
+    "run",
+    "method",
+    "K",
+    "J",
+    "best val acc %",
+    "final test acc %",
+    "rounds",
+    "MB sent per rank",
+    "comm reduction %",
+    "wall time s",
+)
 # (file, metrics key on the x axis, axis label); y is always the test accuracy of the epoch.
-ACCURACY_PLOTS = (("accuracy_vs_epoch.png", "epoch", "epoch"),
-                  ("accuracy_vs_rounds.png", "comm_rounds", "communication rounds (cumulative)"),
-                  ("accuracy_vs_wall_time.png", "wall_seconds", "training wall time (s)"))
+ACCURACY_PLOTS = (
+    ("accuracy_vs_epoch.png", "epoch", "epoch"),
+    ("accuracy_vs_rounds.png", "comm_rounds", "communication rounds (cumulative)"),
+    ("accuracy_vs_wall_time.png", "wall_seconds", "training wall time (s)"),
+)
 
 
 @dataclasses.dataclass
@@ -99,10 +111,18 @@ def _percent(value) -> str:
 def table_row(run: RunRecord) -> list:
     summary = run.summary
     comm_bytes = summary.get("comm_bytes")
-    return [run.label, run.method, str(run.world_size), "" if run.local_steps is None else str(run.local_steps),
-            _percent(summary.get("best_val_accuracy")), _percent(summary.get("final_test_accuracy")),
-            str(summary.get("comm_rounds", "")), "" if comm_bytes is None else f"{comm_bytes / 1e6:.1f}",
-            _percent(summary.get("comm_reduction")), f"{summary.get('wall_seconds', 0):.1f}"]
+    return [
+        run.label,
+        run.method,
+        str(run.world_size),
+        "" if run.local_steps is None else str(run.local_steps),
+        _percent(summary.get("best_val_accuracy")),
+        _percent(summary.get("final_test_accuracy")),
+        str(summary.get("comm_rounds", "")),
+        "" if comm_bytes is None else f"{comm_bytes / 1e6:.1f}",
+        _percent(summary.get("comm_reduction")),
+        f"{summary.get('wall_seconds', 0):.1f}",
+    ]
 
 
 def sort_key(run: RunRecord) -> tuple:
@@ -116,8 +136,9 @@ def markdown_table(runs: list) -> str:
 
 
 def _series(run: RunRecord, x_key: str, y_key: str) -> tuple:
-    points = [(row[x_key], row[y_key]) for row in run.metrics if row.get(x_key) is not None
-              and row.get(y_key) is not None]
+    points = [
+        (row[x_key], row[y_key]) for row in run.metrics if row.get(x_key) is not None and row.get(y_key) is not None
+    ]
     return [x for x, _ in points], [y for _, y in points]
 
 
@@ -148,10 +169,16 @@ def plot(runs: list, x_key: str, y_key: str, x_label: str, y_label: str, path: s
 
 def write_report(runs: list, out: str) -> str:
     os.makedirs(out, exist_ok=True)
-    lines = ["# Run report", "", f"{len(runs)} runs. K = ranks (world size), J = configured local steps "
-             "(blank for MBSGD; the starting J for AdaptiveJ). MB sent per rank = bytes each rank contributed "
-             "to collectives / 1e6; comm reduction = 1 - rounds / rounds of synchronous SGD for the same steps.",
-             "", markdown_table(runs), ""]
+    lines = [
+        "# Run report",
+        "",
+        f"{len(runs)} runs. K = ranks (world size), J = configured local steps "
+        "(blank for MBSGD; the starting J for AdaptiveJ). MB sent per rank = bytes each rank contributed "
+        "to collectives / 1e6; comm reduction = 1 - rounds / rounds of synchronous SGD for the same steps.",
+        "",
+        markdown_table(runs),
+        "",
+    ]
     for name, x_key, x_label in ACCURACY_PLOTS:
         if plot(runs, x_key, "test_accuracy", x_label, "test accuracy (%)", os.path.join(out, name), 100):
             lines += [f"![test accuracy vs {x_label}]({name})", ""]
@@ -160,8 +187,7 @@ def write_report(runs: list, out: str) -> str:
     if plot(runs, "epoch", "local_steps", "epoch", "local steps J", os.path.join(out, "local_steps.png")):
         lines += ["![local steps J per epoch](local_steps.png)", ""]
     else:
-        lines += ["local_steps.png: not drawn, no run recorded local_steps in metrics.jsonl (only AdaptiveJ does).",
-                  ""]
+        lines += ["local_steps.png: not drawn, no run recorded local_steps in metrics.jsonl (only AdaptiveJ does).", ""]
     path = os.path.join(out, "report.md")
     with open(path, "w") as handle:
         handle.write("\n".join(lines))

@@ -37,8 +37,17 @@ import time
 import yaml
 
 from tools.launch import child_environment, main_command
-from tools.sweep_grid import (RUN_CONFIG, Run, Sweep, SweepError, folder_value, check_settings,  # noqa: F401
-                              expand, load_sweep, select)
+from tools.sweep_grid import (  # noqa: F401
+    RUN_CONFIG,
+    Run,
+    Sweep,
+    SweepError,
+    check_settings,
+    expand,
+    folder_value,
+    load_sweep,
+    select,
+)
 from tools.sweep_slurm import slurm_array_script
 
 RUN_LOG = "sweep.log"
@@ -103,9 +112,14 @@ def _read_yaml(path: str) -> dict:
 
 def result_row(run: Run) -> dict:
     """Grid values, then summary.json, then the key settings from the config.yaml main.py wrote."""
-    row = {"run": run.name, "status": "done" if run.done() else "missing",
-           **{key: folder_value(value) if isinstance(value, (list, tuple)) else value
-              for key, value in run.grid_values.items()}}
+    row = {
+        "run": run.name,
+        "status": "done" if run.done() else "missing",
+        **{
+            key: folder_value(value) if isinstance(value, (list, tuple)) else value
+            for key, value in run.grid_values.items()
+        },
+    }
     if run.done():
         with open(os.path.join(run.directory, "summary.json")) as handle:
             for key, value in json.load(handle).items():
@@ -136,8 +150,11 @@ def parse_arguments(argv):
     action.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
     action.add_argument("--slurm-array", metavar="FILE.sh", help="write a SLURM job-array script, run nothing")
     action.add_argument("--collect", action="store_true", help="only write <runs_dir>/results.csv")
-    parser.add_argument("--runs-dir", metavar="DIR", help="where the run folders go (default: the file's runs_dir, "
-                                                          "else runs/sweeps/<name>)")
+    parser.add_argument(
+        "--runs-dir",
+        metavar="DIR",
+        help="where the run folders go (default: the file's runs_dir, else runs/sweeps/<name>)",
+    )
     parser.add_argument("--only", metavar="PATTERN", help="only runs whose folder name contains PATTERN (wildcards ok)")
     return parser.parse_args(argv)
 

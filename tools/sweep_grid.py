@@ -30,8 +30,9 @@ class _SweepLoader(yaml.SafeLoader):
     """YAML 1.1 reads 1e-4 (no dot) as a string; sweep grids are full of such numbers."""
 
 
-_SweepLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-                                   list("-+0123456789."))
+_SweepLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 
 
 @dataclasses.dataclass
@@ -64,8 +65,10 @@ def _setting_name(key, where: str) -> str:
     if name not in FIELDS and name != RANKS:
         close = difflib.get_close_matches(name, list(FIELDS) + [RANKS], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise SweepError(f"{where}: unknown setting '{key}'{hint}; settings are Config field names "
-                         f"(python main.py --help) and '{RANKS}'")
+        raise SweepError(
+            f"{where}: unknown setting '{key}'{hint}; settings are Config field names "
+            f"(python main.py --help) and '{RANKS}'"
+        )
     if name in ("output_dir",):
         raise SweepError(f"{where}: '{key}' is set by the sweep (runs_dir/<run name>); leave it out")
     return name
@@ -79,8 +82,10 @@ def _grid_entry(key, values, path: str) -> tuple:
         return names, [(value,) for value in values]
     for value in values:
         if not isinstance(value, list) or len(value) != len(names):
-            raise SweepError(f"{path}: grid '{key}' links {len(names)} settings, so each value must be a list of "
-                             f"{len(names)}, got {value!r}")
+            raise SweepError(
+                f"{path}: grid '{key}' links {len(names)} settings, so each value must be a list of "
+                f"{len(names)}, got {value!r}"
+            )
     return names, [tuple(value) for value in values]
 
 
@@ -99,8 +104,9 @@ def load_sweep(path: str, runs_dir: str | None = None) -> Sweep:
         raise SweepError(f"{path}: cannot read it ({error.strerror})")
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        raise SweepError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}; check indentation "
-                         f"and colons")
+        raise SweepError(
+            f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}; check indentation and colons"
+        )
     if not isinstance(data, dict):
         raise SweepError(f"{path}: expected a mapping with name, base and grid at the top level")
     unknown = [key for key in data if key not in SWEEP_KEYS]
@@ -139,8 +145,9 @@ def expand(sweep: Sweep) -> list:
     """One Run per point of the grid's Cartesian product, in grid order (the last key varies fastest)."""
     runs, seen = [], set()
     for point in itertools.product(*(values for _, values in sweep.grid)):
-        grid_values = {name: value for (names, _), values in zip(sweep.grid, point) for name, value in
-                       zip(names, values)}
+        grid_values = {
+            name: value for (names, _), values in zip(sweep.grid, point) for name, value in zip(names, values)
+        }
         name = ",".join(f"{key}={folder_value(value)}" for key, value in grid_values.items())
         if name in seen:
             raise SweepError(f"sweep {sweep.name}: two grid points make the same run '{name}'; a value is listed twice")

@@ -7,6 +7,7 @@ import shlex
 
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 
+
 def _submit_relative(path: str) -> str:
     """A path as the job sees it after cd-ing to the submit directory (this one)."""
     inside = not os.path.isabs(path) or os.path.commonpath([path, os.getcwd()]) == os.getcwd()
@@ -18,9 +19,12 @@ def slurm_array_script(runs: list, sweep, sweep_file: str) -> str:
     most_ranks = max(run.ranks for run in runs)
     configs = "\n".join(f"    {shlex.quote(_submit_relative(run.config_path))}" for run in runs)
     ranks = " ".join(str(run.ranks) for run in runs)
-    varying = ("# Runs differ in ranks; the array asks for the most and each srun uses its run's share. To avoid idle\n"
-               "# nodes, write one array per rank count with --only 'ranks=K'.\n"
-               if len({run.ranks for run in runs}) > 1 else "")
+    varying = (
+        "# Runs differ in ranks; the array asks for the most and each srun uses its run's share. To avoid idle\n"
+        "# nodes, write one array per rank count with --only 'ranks=K'.\n"
+        if len({run.ranks for run in runs}) > 1
+        else ""
+    )
     return f"""#!/usr/bin/env bash
 # Sweep {sweep.name}: {len(runs)} runs, one SLURM array task each. Written by
 #   python -m tools.sweep {sweep_file} --slurm-array ...

@@ -32,9 +32,22 @@ class ReplicasDiffer(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, *, model, optimizer, scheduler, sync: Sync, data: Data, files: RunFiles,
-                 settings: LoopSettings, meter: CommMeter, device: torch.device, rank: int = 0,
-                 identity: Optional[dict] = None, preemption: Optional[PreemptionWatch] = None):
+    def __init__(
+        self,
+        *,
+        model,
+        optimizer,
+        scheduler,
+        sync: Sync,
+        data: Data,
+        files: RunFiles,
+        settings: LoopSettings,
+        meter: CommMeter,
+        device: torch.device,
+        rank: int = 0,
+        identity: Optional[dict] = None,
+        preemption: Optional[PreemptionWatch] = None,
+    ):
         self.model, self.optimizer, self.scheduler, self.sync = model, optimizer, scheduler, sync
         self.data, self.files, self.settings, self.meter = data, files, settings, meter
         self.device, self.rank, self.is_main = device, rank, rank == 0
@@ -52,16 +65,21 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         return {
             "identity": self.identity,
-            "progress": {**vars(self.progress), "rows": list(self.progress.rows),
-                         "epoch_partial": dict(self.progress.epoch_partial)},
+            "progress": {
+                **vars(self.progress),
+                "rows": list(self.progress.rows),
+                "epoch_partial": dict(self.progress.epoch_partial),
+            },
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sync": self.sync.state_dict(),
             "meter": self.meter.state_dict(),
             "amp": self.amp.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
         }
 
     def load_checkpoint_state(self, state: dict) -> None:
@@ -134,8 +152,9 @@ class Trainer:
         if finite or self.settings.on_nan != "stop":
             return finite
         lr = self.optimizer.param_groups[0]["lr"]
-        reason = (f"loss is not finite at step {step} (lr {lr:.4g}); lower --lr, add --warmup-epochs, "
-                  f"or pass --on-nan skip")
+        reason = (
+            f"loss is not finite at step {step} (lr {lr:.4g}); lower --lr, add --warmup-epochs, or pass --on-nan skip"
+        )
         if self.sync.gradients_shared(step) or world_size() == 1:
             raise TrainingDiverged(reason)
         if self.diverged is None:
@@ -165,27 +184,46 @@ class Trainer:
                 bar.update()
             elif self.is_main and (index + 1) % self.settings.log_every == 0:
                 rate = images * world_size() / (time.perf_counter() - started)
-                print(f"epoch {epoch + 1}/{self.settings.epochs} step {index + 1}/{steps} "
-                      f"loss {step_loss.item() / len(targets):.4f} lr {self.optimizer.param_groups[0]['lr']:.4g} "
-                      f"{rate:.0f} img/s", file=sys.stderr, flush=True)
+                print(
+                    f"epoch {epoch + 1}/{self.settings.epochs} step {index + 1}/{steps} "
+                    f"loss {step_loss.item() / len(targets):.4f} lr {self.optimizer.param_groups[0]['lr']:.4g} "
+                    f"{rate:.0f} img/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if self.finished_steps():
                 break
             if self.preemption is not None and self.preemption.due(self.progress.step):
-                self.stop_if_preempted({"steps": index + 1, "lr": epoch_lr, "loss_sum": loss_sum.item(),
-                                        "correct": correct.item(), "images": images,
-                                        "seconds": time.perf_counter() - started})
+                self.stop_if_preempted(
+                    {
+                        "steps": index + 1,
+                        "lr": epoch_lr,
+                        "loss_sum": loss_sum.item(),
+                        "correct": correct.item(),
+                        "images": images,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
         if bar is not None:
             bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
         total_loss, total_correct, total_images, diverged_ranks = all_reduce_sum(
-            [loss_sum.item(), correct.item(), images, self.diverged is not None], self.device)
+            [loss_sum.item(), correct.item(), images, self.diverged is not None], self.device
+        )
         if diverged_ranks:  # before any evaluation or checkpoint of a poisoned model
-            raise TrainingDiverged(self.diverged or f"{diverged_ranks:.0f} other rank(s) stopped: their loss is not "
-                                   f"finite; lower --lr, add --warmup-epochs, or pass --on-nan skip")
-        return {"train_loss": total_loss / max(total_images, 1), "train_accuracy": total_correct / max(total_images, 1),
-                "images_per_second": total_images / seconds, "train_seconds": seconds}
+            raise TrainingDiverged(
+                self.diverged
+                or f"{diverged_ranks:.0f} other rank(s) stopped: their loss is not "
+                f"finite; lower --lr, add --warmup-epochs, or pass --on-nan skip"
+            )
+        return {
+            "train_loss": total_loss / max(total_images, 1),
+            "train_accuracy": total_correct / max(total_images, 1),
+            "images_per_second": total_images / seconds,
+            "train_seconds": seconds,
+        }
 
     def evaluate_epoch(self, epoch: int, final: bool) -> dict:
         if not (final or (epoch + 1) % self.settings.eval_every == 0):
@@ -194,8 +232,12 @@ class Trainer:
             self.check_evaluated(model, f"epoch {epoch + 1}")
             val_loss, val_accuracy = evaluate(model, self.data.val, self.device)
             test_loss, test_accuracy = evaluate(model, self.data.test, self.device)
-        return {"val_loss": val_loss, "val_accuracy": val_accuracy, "test_loss": test_loss,
-                "test_accuracy": test_accuracy}
+        return {
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+        }
 
     def check_evaluated(self, model: torch.nn.Module, when: str) -> None:
         if self.settings.check_replicas and not replicas_identical(model):
@@ -208,7 +250,10 @@ class Trainer:
         first_epoch = self.progress.epoch
         for epoch in range(self.progress.epoch, self.settings.epochs):
             epoch_started = time.perf_counter()
-            row = {"epoch": epoch + 1, "lr": self.progress.epoch_partial.get("lr", self.optimizer.param_groups[0]["lr"])}
+            row = {
+                "epoch": epoch + 1,
+                "lr": self.progress.epoch_partial.get("lr", self.optimizer.param_groups[0]["lr"]),
+            }
             trained_elsewhere = self.sync.train_epoch(epoch, self.data.train, self.device)
             if trained_elsewhere is not None:
                 self.progress.step = trained_elsewhere.pop("step")
@@ -225,19 +270,27 @@ class Trainer:
             if row["val_accuracy"] is not None:
                 self.progress.best_val_accuracy = max(self.progress.best_val_accuracy, row["val_accuracy"])
             comm = self.meter.snapshot()
-            row.update(step=self.progress.step, wall_seconds=self.progress.wall_seconds, **comm,
-                       epoch_comm_seconds=comm["comm_seconds"] - comm_before["comm_seconds"],
-                       compute_seconds=row["train_seconds"] - (comm["comm_seconds"] - comm_before["comm_seconds"]))
+            row.update(
+                step=self.progress.step,
+                wall_seconds=self.progress.wall_seconds,
+                **comm,
+                epoch_comm_seconds=comm["comm_seconds"] - comm_before["comm_seconds"],
+                compute_seconds=row["train_seconds"] - (comm["comm_seconds"] - comm_before["comm_seconds"]),
+            )
             comm_before = comm
             self.log_epoch(row)
-            save_checkpoint(self.checkpoint_state(), self.files.checkpoints, epoch + 1,
-                            self.settings.keep_checkpoints, self.rank)
+            save_checkpoint(
+                self.checkpoint_state(), self.files.checkpoints, epoch + 1, self.settings.keep_checkpoints, self.rank
+            )
             if self.finished_steps():
                 break
             if self.preemption is not None and epoch + 1 < self.settings.epochs:
                 self.stop_if_preempted()
-            if self.settings.epochs_per_job and epoch + 1 - first_epoch >= self.settings.epochs_per_job \
-                    and epoch + 1 < self.settings.epochs:
+            if (
+                self.settings.epochs_per_job
+                and epoch + 1 - first_epoch >= self.settings.epochs_per_job
+                and epoch + 1 < self.settings.epochs
+            ):
                 return None  # a later job continues with --resume auto; no final sync that would alter the state
         return self.finish()
 
@@ -248,8 +301,14 @@ class Trainer:
             return
         if epoch_partial is not None:
             self.progress.epoch_partial = epoch_partial
-            save_checkpoint(self.checkpoint_state(), self.files.checkpoints, self.progress.epoch,
-                            self.settings.keep_checkpoints, self.rank, step=self.progress.step)
+            save_checkpoint(
+                self.checkpoint_state(),
+                self.files.checkpoints,
+                self.progress.epoch,
+                self.settings.keep_checkpoints,
+                self.rank,
+                step=self.progress.step,
+            )
         self.preemption.stop(self.progress.epoch, self.progress.step)
 
     def log_epoch(self, row: dict) -> None:
@@ -258,8 +317,12 @@ class Trainer:
         if self.is_main:
             shown = {k: row[k] for k in ("train_loss", "val_accuracy", "test_accuracy") if row.get(k) is not None}
             text = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
-            print(f"epoch {row['epoch']}/{self.settings.epochs} step {row['step']} {text} "
-                  f"{row['images_per_second']:.0f} img/s rounds {row['comm_rounds']}", file=sys.stderr, flush=True)
+            print(
+                f"epoch {row['epoch']}/{self.settings.epochs} step {row['step']} {text} "
+                f"{row['images_per_second']:.0f} img/s rounds {row['comm_rounds']}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def finish(self) -> dict:
         rounds_before = self.meter.rounds

@@ -89,11 +89,24 @@ class LARS(_PerTensorOptimizer):
     torch.optim.lr_scheduler drives it.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, exclude_bias_and_norm: bool = True, eps: float = 0.0):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient,
-                        exclude_bias_and_norm=exclude_bias_and_norm, eps=eps)
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = True,
+        eps: float = 0.0,
+    ):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            exclude_bias_and_norm=exclude_bias_and_norm,
+            eps=eps,
+        )
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults)
 
@@ -115,9 +128,12 @@ class LARS(_PerTensorOptimizer):
             grad_norm = torch.linalg.vector_norm(grad)
             # Algorithm 1: the decay term sits in the denominator so the local lr bounds the
             # whole step g + wd * w, not only the gradient.
-            local_lr = _ratio_or_one(group["trust_coefficient"] * weight_norm,
-                                     grad_norm + weight_decay * weight_norm + group["eps"],
-                                     weight_norm, grad_norm)
+            local_lr = _ratio_or_one(
+                group["trust_coefficient"] * weight_norm,
+                grad_norm + weight_decay * weight_norm + group["eps"],
+                weight_norm,
+                grad_norm,
+            )
             scaled_step = grad.add(param, alpha=weight_decay).mul_(local_lr * group["lr"])
         state = self.state[param]
         if "momentum_buffer" not in state:
@@ -139,10 +155,18 @@ class LAMB(_PerTensorOptimizer):
     trust ratio 1). Every group may override betas, eps, weight_decay and exclude_bias_and_norm.
     """
 
-    def __init__(self, params, lr: float, betas: tuple = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.0, exclude_bias_and_norm: bool = True):
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        exclude_bias_and_norm=exclude_bias_and_norm)
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        exclude_bias_and_norm: bool = True,
+    ):
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, exclude_bias_and_norm=exclude_bias_and_norm
+        )
         self._check_hyperparameters(defaults)
         super().__init__(params, defaults)
 
@@ -198,38 +222,61 @@ class _OptimizerSettings:
 
 
 def _build_sgd(params, settings: _OptimizerSettings) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                           nesterov=settings.nesterov, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        nesterov=settings.nesterov,
+        weight_decay=settings.weight_decay,
+    )
 
 
 def _build_adamw(params, settings: _OptimizerSettings) -> torch.optim.Optimizer:
     eps = 1e-8 if settings.eps is None else settings.eps
-    return torch.optim.AdamW(params, lr=settings.lr, betas=settings.betas, eps=eps,
-                             weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.lr, betas=settings.betas, eps=eps, weight_decay=settings.weight_decay)
 
 
 def _build_lars(params, settings: _OptimizerSettings) -> torch.optim.Optimizer:
     eps = 0.0 if settings.eps is None else settings.eps
-    return LARS(params, lr=settings.lr, momentum=settings.momentum,
-                weight_decay=settings.weight_decay, trust_coefficient=settings.trust_coefficient,
-                exclude_bias_and_norm=settings.exclude_bias_and_norm, eps=eps)
+    return LARS(
+        params,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        trust_coefficient=settings.trust_coefficient,
+        exclude_bias_and_norm=settings.exclude_bias_and_norm,
+        eps=eps,
+    )
 
 
 def _build_lamb(params, settings: _OptimizerSettings) -> torch.optim.Optimizer:
     eps = 1e-6 if settings.eps is None else settings.eps
-    return LAMB(params, lr=settings.lr, betas=settings.betas, eps=eps,
-                weight_decay=settings.weight_decay,
-                exclude_bias_and_norm=settings.exclude_bias_and_norm)
+    return LAMB(
+        params,
+        lr=settings.lr,
+        betas=settings.betas,
+        eps=eps,
+        weight_decay=settings.weight_decay,
+        exclude_bias_and_norm=settings.exclude_bias_and_norm,
+    )
 
 
 _BUILDERS = {"sgd": _build_sgd, "adamw": _build_adamw, "lars": _build_lars, "lamb": _build_lamb}
 assert tuple(_BUILDERS) == OPTIMIZER_NAMES
 
 
-def build_optimizer(name: str, params, lr: float, momentum: float, nesterov: bool,
-                    weight_decay: float, trust_coefficient: float = 0.001,
-                    exclude_bias_and_norm: bool = True, betas=(0.9, 0.999),
-                    eps: Optional[float] = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str,
+    params,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    trust_coefficient: float = 0.001,
+    exclude_bias_and_norm: bool = True,
+    betas=(0.9, 0.999),
+    eps: Optional[float] = None,
+) -> torch.optim.Optimizer:
     """Build the optimizer called `name` (one of OPTIMIZER_NAMES) over `params`.
 
     Each method reads only its own hyperparameters: momentum and nesterov for sgd (nesterov
@@ -239,8 +286,14 @@ def build_optimizer(name: str, params, lr: float, momentum: float, nesterov: boo
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZER_NAMES}")
-    settings = _OptimizerSettings(lr=lr, momentum=momentum, nesterov=nesterov,
-                                  weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-                                  exclude_bias_and_norm=exclude_bias_and_norm,
-                                  betas=tuple(betas), eps=eps)
+    settings = _OptimizerSettings(
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient,
+        exclude_bias_and_norm=exclude_bias_and_norm,
+        betas=tuple(betas),
+        eps=eps,
+    )
     return _BUILDERS[name](params, settings)

@@ -31,8 +31,10 @@ class Preempted(Exception):
     """Every rank agreed to stop and has written its checkpoint; the run continues with --resume auto."""
 
     def __init__(self, signal_name: str, epoch: int, step: int):
-        super().__init__(f"preempted by {signal_name} after epoch {epoch}, step {step}: checkpoint written; "
-                         f"continue with --resume auto (exit code {PREEMPTED_EXIT_CODE})")
+        super().__init__(
+            f"preempted by {signal_name} after epoch {epoch}, step {step}: checkpoint written; "
+            f"continue with --resume auto (exit code {PREEMPTED_EXIT_CODE})"
+        )
 
 
 class PreemptionWatch:

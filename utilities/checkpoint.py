@@ -9,12 +9,12 @@ crafted file cannot run code when it is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import glob
 import hashlib
 import io
-import contextlib
 import os
 import re
 import sys
@@ -23,6 +23,7 @@ import numpy
 import torch
 
 TEMPORARY = re.compile(r".+\.tmp\.\d+")  # what atomic_write_bytes leaves behind when its writer dies
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message says which and why."""
@@ -41,8 +42,10 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"no space left to write {path}; free disk space (or keep fewer checkpoints "
-                                  f"with --keep-checkpoints N), then continue with --resume auto") from None
+            raise CheckpointError(
+                f"no space left to write {path}; free disk space (or keep fewer checkpoints "
+                f"with --keep-checkpoints N), then continue with --resume auto"
+            ) from None
         raise
 
 
@@ -141,8 +144,10 @@ def load_checkpoint(path: str, device="cpu") -> dict:
         with open(path + ".sha256") as handle:
             expected = handle.read().strip()
     except (OSError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint {path} cannot be loaded: its checksum file {path}.sha256 is missing "
-                              f"or unreadable (copy it along with the checkpoint)")
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded: its checksum file {path}.sha256 is missing "
+            f"or unreadable (copy it along with the checkpoint)"
+        )
     if hashlib.sha256(payload).hexdigest() != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
     try:

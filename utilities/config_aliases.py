@@ -29,27 +29,57 @@ _VALUE_ALIASES = {
 }
 # Aliases whose meaning depends on the training type: (setting, the types it applies to, help).
 _TYPED_ALIASES = {
-    "--pre_post_epochs": ("switch_epoch", LOCAL_SGD_TYPES + HOGWILD_TYPES,
-                          "= --switch-epoch: PLSGD becomes PostLocalSGD; LAPSGD/LPPSGD average after every node "
-                          "step for the first E epochs (other types: ignored)"),
+    "--pre_post_epochs": (
+        "switch_epoch",
+        LOCAL_SGD_TYPES + HOGWILD_TYPES,
+        "= --switch-epoch: PLSGD becomes PostLocalSGD; LAPSGD/LPPSGD average after every node "
+        "step for the first E epochs (other types: ignored)",
+    ),
     "--num-processes": ("workers_per_node", HOGWILD_TYPES, "= --workers-per-node for LAPSGD/LPPSGD (others: ignored)"),
 }
 # Accepted, no effect here: flag -> (argparse nargs: 0 = a switch, 1 = one value, "+" = a list).
 IGNORED_FLAGS = {
-    "--pm": 0, "--partition": 0, "--no_assms_pre_passm": 0, "--dampen_for_passm": 0, "--distributed": 0,
-    "--dataparallel": 0, "--no-progressbar": 0, "--debug": 0, "--clean-start": 0,
-    "--workers": 1, "--num-threads": 1, "--test_bs_multiple": 1, "--numnodes": 1, "--host": 1,
-    "--masters_share": 1, "--multiplier": 1, "--lrdecaystep": 1, "--pre_passm_epochs": 1, "--dampening": 1,
-    "--beta": 1, "--tb-interval": 1, "--num_tags": 1,
-    "--gpus": "+", "--assmswitchepochs": "+",
+    "--pm": 0,
+    "--partition": 0,
+    "--no_assms_pre_passm": 0,
+    "--dampen_for_passm": 0,
+    "--distributed": 0,
+    "--dataparallel": 0,
+    "--no-progressbar": 0,
+    "--debug": 0,
+    "--clean-start": 0,
+    "--workers": 1,
+    "--num-threads": 1,
+    "--test_bs_multiple": 1,
+    "--numnodes": 1,
+    "--host": 1,
+    "--masters_share": 1,
+    "--multiplier": 1,
+    "--lrdecaystep": 1,
+    "--pre_passm_epochs": 1,
+    "--dampening": 1,
+    "--beta": 1,
+    "--tb-interval": 1,
+    "--num_tags": 1,
+    "--gpus": "+",
+    "--assmswitchepochs": "+",
 }
 # LPP-SGD: every scheduler type but cosine is MultiStep over --lrmilestone (default 150 225) with --gamma.
 _SCHEDULER_NAMES = {"mstep": "multistep", "const": "multistep", "cosine": "cosine"}
 LPPSGD_DEFAULT_MILESTONES = [150, 225]
 _BACKENDS = {"nccl": "nccl", "gloo": "gloo", "mpi": "gloo"}  # mpiexec starts the ranks; Gloo carries the traffic
-MODEL_ALIASES = {"res20": "resnet20", "res32": "resnet32", "res18": "resnet18", "res34": "tv_resnet34",
-                 "res50": "tv_resnet50", "wnet168": "wrn16_8", "wnet28": "wrn28_10", "resnet": "resnet20",
-                 "lenet": "lenet5", "vgg": "vgg11"}
+MODEL_ALIASES = {
+    "res20": "resnet20",
+    "res32": "resnet32",
+    "res18": "resnet18",
+    "res34": "tv_resnet34",
+    "res50": "tv_resnet50",
+    "wnet168": "wrn16_8",
+    "wnet28": "wrn28_10",
+    "resnet": "resnet20",
+    "lenet": "lenet5",
+    "vgg": "vgg11",
+}
 # LPP-SGD's res18 is torchvision's ResNet-18 (ImageNet stem); on 32x32 data we keep the CIFAR-stem resnet18.
 IMAGENET_MODEL_ALIASES = {"res18": "tv_resnet18"}
 _RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
@@ -76,8 +106,12 @@ def add_alias_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--cuda", action="store_true", help="= --device cuda")
     _add(group, "--lars", action="store_true", help="= --optimizer lars")
     _add(group, "--storeresults", action="store_true", help="= --store-results (results.json, args.json)")
-    _add(group, "--scheduler-type", choices=sorted(_SCHEDULER_NAMES),
-         help="cosine = --lr-schedule cosine; mstep and const = --lr-schedule multistep")
+    _add(
+        group,
+        "--scheduler-type",
+        choices=sorted(_SCHEDULER_NAMES),
+        help="cosine = --lr-schedule cosine; mstep and const = --lr-schedule multistep",
+    )
     _add(group, "--lrmilestone", nargs="+", help="= --milestones")
     _add(group, "--dist-backend", choices=sorted(_BACKENDS), help="= --backend (mpi runs as gloo)")
     _add(group, "--imagenet-dir", help="= --imagenet-dir of the imagenet data set")
@@ -115,8 +149,10 @@ def translate(given: dict, base: dict = None) -> dict:
             put(name, given[_dest(flag)], flag)
     if "lpp_bs_multiple" in given:  # LPP-SGD's batch is train_processing_bs per pass, times bs_multiple passes
         if "batch_size" in given:
-            raise ConfigError("--bs_multiple multiplies --train_processing_bs; use --batch-size with "
-                              "--accumulation-steps instead of mixing them")
+            raise ConfigError(
+                "--bs_multiple multiplies --train_processing_bs; use --batch-size with "
+                "--accumulation-steps instead of mixing them"
+            )
         per_pass = settings.get("batch_size", base.get("batch_size", 128))
         settings["batch_size"] = int(per_pass) * given["lpp_bs_multiple"]
     if given.get("lpp_cuda"):
@@ -147,8 +183,9 @@ def ignored_flags(given: dict, base: dict = None) -> list:
 
     training_type = _training_type(given, base or {})
     named = [flag for flag in IGNORED_FLAGS if _dest(flag) in given]
-    named += [flag for flag, (_, types, _) in _TYPED_ALIASES.items()
-              if _dest(flag) in given and training_type not in types]
+    named += [
+        flag for flag, (_, types, _) in _TYPED_ALIASES.items() if _dest(flag) in given and training_type not in types
+    ]
     if "lpp_imagenet_dir" in given and "imagenet_dir" not in FIELDS:
         named.append("--imagenet-dir")
     if given.get("lpp_dist_backend") == "mpi":

@@ -29,9 +29,9 @@ BOUNDS = {
     "outer_lr": (0.0, HUGE, True),
     "bucket_cap_mb": (0.0, 1e6, False),
     "timeout": (1.0, 1e7, True),  # below a second no rendezvous completes; timedelta overflows far above 1e7
-    "seed": (0, 2 ** 32 - 1, True),  # what torch, numpy and Python generators all accept, offsets included
+    "seed": (0, 2**32 - 1, True),  # what torch, numpy and Python generators all accept, offsets included
 }
-LIST_ITEM_BOUNDS = {"milestones": (1, 10 ** 9), "adaptive_thresholds": (0.0, 1e6)}
+LIST_ITEM_BOUNDS = {"milestones": (1, 10**9), "adaptive_thresholds": (0.0, 1e6)}
 DIST_URL_SCHEMES = ("tcp://", "file://", "env://")
 
 
@@ -56,15 +56,40 @@ def check_basic_values(config, error_type) -> None:
     """Counts, ratios and finite numbers no run could use otherwise (the first checks config.validate runs)."""
     if config.overlap_steps != "auto" and config.overlap_steps < 1:
         raise error_type(f"--overlap-steps must be at least 1 or auto, got {config.overlap_steps}")
-    positive = ("epochs", "batch_size", "fragments", "eval_batch_size", "accumulation_steps", "max_micro_batch",
-                "local_steps", "min_local_steps", "max_local_steps", "reference_batch", "eval_every",
-                "log_every", "synthetic_size", "workers_per_node", "image_size")
+    positive = (
+        "epochs",
+        "batch_size",
+        "fragments",
+        "eval_batch_size",
+        "accumulation_steps",
+        "max_micro_batch",
+        "local_steps",
+        "min_local_steps",
+        "max_local_steps",
+        "reference_batch",
+        "eval_every",
+        "log_every",
+        "synthetic_size",
+        "workers_per_node",
+        "image_size",
+    )
     for name in positive:
         if getattr(config, name) < 1:
             raise error_type(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
-    non_negative = ("dirichlet_alpha", "max_steps", "total_steps", "ghost_batch_size", "weight_decay", "warmup_epochs",
-                    "keep_checkpoints", "epochs_per_job", "loader_workers",
-                    "prepass_epochs", "slow_lr", "outer_lr")
+    non_negative = (
+        "dirichlet_alpha",
+        "max_steps",
+        "total_steps",
+        "ghost_batch_size",
+        "weight_decay",
+        "warmup_epochs",
+        "keep_checkpoints",
+        "epochs_per_job",
+        "loader_workers",
+        "prepass_epochs",
+        "slow_lr",
+        "outer_lr",
+    )
     for name in non_negative:
         if getattr(config, name) < 0:
             raise error_type(f"{_flag(name)} must not be negative, got {getattr(config, name)}")
@@ -105,11 +130,14 @@ def check_values(config, error_type) -> None:
     if any(later <= earlier for earlier, later in zip(config.milestones, config.milestones[1:])):
         raise error_type(f"--milestones must be increasing epochs, got {config.milestones}")
     if config.accumulation_steps > config.batch_size:
-        raise error_type(f"--accumulation-steps {config.accumulation_steps} splits a batch of {config.batch_size} "
-                         f"into empty micro-batches; use at most --batch-size micro-batches")
+        raise error_type(
+            f"--accumulation-steps {config.accumulation_steps} splits a batch of {config.batch_size} "
+            f"into empty micro-batches; use at most --batch-size micro-batches"
+        )
     if config.dist_url and not config.dist_url.startswith(DIST_URL_SCHEMES):
-        raise error_type(f"--dist-url {config.dist_url!r} is not an init method; use tcp://host:port, "
-                         f"file:///shared/path or env://")
+        raise error_type(
+            f"--dist-url {config.dist_url!r} is not an init method; use tcp://host:port, file:///shared/path or env://"
+        )
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

@@ -70,25 +70,38 @@ def detect_launch(env=None) -> LaunchInfo:
     """Rank, world size and rendezvous address from the launcher that started us."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return LaunchInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                          env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
+        return LaunchInfo(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", 0)),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", 29500)),
+            "torchrun",
+        )
     # MPI before SLURM: mpiexec inside an allocation starts its ranks through srun, whose SLURM_* then
     # describe the helper step, not the ranks.
     if any(int(env.get(name, "1") or 1) > 1 for name in _MPI_SIZE_VARS):
         return _mpi_launch(env)
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
         job_id = int(env.get("SLURM_JOB_ID", 0))
-        return LaunchInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                          env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
-                          int(env.get("MASTER_PORT", 29500 + job_id % 1000)), "slurm")
+        return LaunchInfo(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+            int(env.get("MASTER_PORT", 29500 + job_id % 1000)),
+            "slurm",
+        )
     return LaunchInfo(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 29500)), "single")
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise LaunchError("a GPU was asked for (--cuda or --device cuda) but none is visible; remove --cuda "
-                              "(or --device cuda) to train on the CPU")
+            raise LaunchError(
+                "a GPU was asked for (--cuda or --device cuda) but none is visible; remove --cuda "
+                "(or --device cuda) to train on the CPU"
+            )
         index = local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
@@ -112,8 +125,9 @@ def init_distributed(launch: LaunchInfo, backend: str, timeout_s: float, init_me
     timeout = datetime.timedelta(seconds=timeout_s)
     if not init_method and "TORCHELASTIC_RESTART_COUNT" in os.environ:
         store = _torchrun_store(launch, timeout)
-        dist.init_process_group(backend=backend, store=store, rank=launch.rank, world_size=launch.world_size,
-                                timeout=timeout)
+        dist.init_process_group(
+            backend=backend, store=store, rank=launch.rank, world_size=launch.world_size, timeout=timeout
+        )
         return
     dist.init_process_group(
         backend=backend,
@@ -132,8 +146,13 @@ def _torchrun_store(launch: LaunchInfo, timeout: datetime.timedelta):
     try to connect to them.
     """
     agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size,
-                          is_master=not agent_serves and launch.rank == 0, timeout=timeout)
+    store = dist.TCPStore(
+        launch.master_addr,
+        launch.master_port,
+        launch.world_size,
+        is_master=not agent_serves and launch.rank == 0,
+        timeout=timeout,
+    )
     return dist.PrefixStore(f"attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
@@ -198,7 +217,8 @@ class CommMeter:
     def load_state_dict(self, state: dict) -> None:
         state = {"comm_inflight_seconds": state["comm_seconds"], **state}  # checkpoints written before it existed
         self.rounds, self.collectives, self.bytes, self.seconds, self.inflight_seconds = (
-            state[name] for name in self.FIELDS)
+            state[name] for name in self.FIELDS
+        )
 
 
 def all_reduce_mean(tensor: torch.Tensor, meter: Optional[CommMeter] = None, group=None) -> torch.Tensor:
@@ -236,8 +256,7 @@ def replicas_identical(module: torch.nn.Module) -> bool:
     """True when every rank holds bit-identical parameters and buffers (checked by all-reducing min/max of a fingerprint)."""
     if not is_distributed():
         return True
-    flat = torch.cat([t.detach().reshape(-1).double() for t in module.state_dict().values()
-                      if t.is_floating_point()])
+    flat = torch.cat([t.detach().reshape(-1).double() for t in module.state_dict().values() if t.is_floating_point()])
     weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device).remainder_(7919).add_(1)
     fingerprint = torch.stack([flat.sum(), (flat * weights).sum()])
     low, high = fingerprint.clone(), fingerprint.clone()

@@ -36,8 +36,9 @@ def _launcher_rank() -> int:
 
 def _lowest(value: int) -> int:
     on_gpu = dist.get_backend() == "nccl"
-    tensor = torch.tensor([value], dtype=torch.int64,
-                          device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
+    tensor = torch.tensor(
+        [value], dtype=torch.int64, device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu"
+    )
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return int(tensor.item())
 

@@ -32,8 +32,11 @@ def _folder(base: str, stamp: int) -> str:
 def _newest_run(base: str):
     """The stamp of the newest ``base-YYYYmmdd-HHMMSS`` folder holding a run, or None."""
     pattern = re.compile(re.escape(os.path.basename(base)) + r"-(\d{8})-(\d{6})$")
-    stamps = [int("".join(match.groups())) for path in glob.glob(glob.escape(base) + "-*")
-              if (match := pattern.match(os.path.basename(path))) and holds_a_run(path)]
+    stamps = [
+        int("".join(match.groups()))
+        for path in glob.glob(glob.escape(base) + "-*")
+        if (match := pattern.match(os.path.basename(path))) and holds_a_run(path)
+    ]
     return max(stamps, default=None)
 
 
@@ -61,7 +64,9 @@ def results_entries(rows: list) -> list:
         values = [("LR", row["lr"]), ("TrainLoss", row["train_loss"]), ("TrainAcc@1", 100.0 * row["train_accuracy"])]
         if row.get("test_loss") is not None:
             values += [("TestLoss", row["test_loss"]), ("TestAcc@1", 100.0 * row["test_accuracy"])]
-        entries += [{"tag": tag, "ep": row["epoch"], "val": value, "time": row["wall_seconds"]} for tag, value in values]
+        entries += [
+            {"tag": tag, "ep": row["epoch"], "val": value, "time": row["wall_seconds"]} for tag, value in values
+        ]
     return entries
 
 
@@ -69,20 +74,42 @@ def lppsgd_args(config, world_size: int, output_dir: str) -> dict:
     """Our settings under LPP-SGD's argument names (its utilities/args.py), as its args.json holds them."""
     per_pass = config.batch_size // config.accumulation_steps
     return {
-        "training_type": config.training_type, "model": config.model, "dataset": config.dataset,
-        "num_classes": config.num_classes, "data_dir": config.data_dir,
+        "training_type": config.training_type,
+        "model": config.model,
+        "dataset": config.dataset,
+        "num_classes": config.num_classes,
+        "data_dir": config.data_dir,
         "imagenet_dir": getattr(config, "imagenet_dir", None),
-        "lr": config.lr, "baseline_lr": config.warmup_start_lr, "momentum": config.momentum,
-        "nesterov": config.nesterov, "weight_decay": config.weight_decay, "seed": config.seed,
-        "epochs": config.epochs, "train_processing_bs": per_pass, "bs_multiple": config.accumulation_steps,
-        "train_bs": config.batch_size, "test_processing_bs": config.eval_batch_size, "test_bs_multiple": 1,
-        "test_bs": config.eval_batch_size, "averaging_freq": config.local_steps,
-        "pre_post_epochs": max(config.switch_epoch, 0), "num_processes": config.workers_per_node,
-        "prepassmepochs": config.prepass_epochs, "scheduler_type": config.lr_schedule,
-        "lrmilestone": list(config.milestones), "gamma": config.gamma, "warm_up_epochs": config.warmup_epochs,
-        "lars": config.optimizer == "lars", "eta": config.trust_coefficient, "cuda": config.device == "cuda",
-        "dist_backend": config.backend, "dist_url": config.dist_url, "test_freq": config.eval_every,
-        "storeresults": True, "resume": bool(config.resume), "commsize": world_size,
+        "lr": config.lr,
+        "baseline_lr": config.warmup_start_lr,
+        "momentum": config.momentum,
+        "nesterov": config.nesterov,
+        "weight_decay": config.weight_decay,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "train_processing_bs": per_pass,
+        "bs_multiple": config.accumulation_steps,
+        "train_bs": config.batch_size,
+        "test_processing_bs": config.eval_batch_size,
+        "test_bs_multiple": 1,
+        "test_bs": config.eval_batch_size,
+        "averaging_freq": config.local_steps,
+        "pre_post_epochs": max(config.switch_epoch, 0),
+        "num_processes": config.workers_per_node,
+        "prepassmepochs": config.prepass_epochs,
+        "scheduler_type": config.lr_schedule,
+        "lrmilestone": list(config.milestones),
+        "gamma": config.gamma,
+        "warm_up_epochs": config.warmup_epochs,
+        "lars": config.optimizer == "lars",
+        "eta": config.trust_coefficient,
+        "cuda": config.device == "cuda",
+        "dist_backend": config.backend,
+        "dist_url": config.dist_url,
+        "test_freq": config.eval_every,
+        "storeresults": True,
+        "resume": bool(config.resume),
+        "commsize": world_size,
         "results_dir": os.path.abspath(output_dir),
     }
 

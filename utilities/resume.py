@@ -34,8 +34,9 @@ def positions_on_disk(directory: str) -> set:
     """(epoch, step) of every checkpoint any rank has on disk (stray and foreign files included); step is 0
     at an epoch's end and the global step of a mid-epoch (preemption) checkpoint."""
     names = (os.path.basename(p) for p in glob.glob(os.path.join(directory, "epoch-*.pt")))
-    return {(int(match.group(1)), int(match.group(2) or 0)) for name in names
-            if (match := CHECKPOINT_NAME.fullmatch(name))}
+    return {
+        (int(match.group(1)), int(match.group(2) or 0)) for name in names if (match := CHECKPOINT_NAME.fullmatch(name))
+    }
 
 
 def describe(position: tuple) -> str:
@@ -77,13 +78,19 @@ def newest_complete_state(directory: str, rank: int, device):
     else:
         state = None
         if other_world_sizes:  # starting afresh would write over the metrics of a run on other ranks
-            raise agreed(CheckpointError(
-                f"the checkpoints in {directory} are from a run on {', '.join(map(str, sorted(other_world_sizes)))} "
-                f"rank(s); resume with that many ranks, or choose another --output-dir"))
+            raise agreed(
+                CheckpointError(
+                    f"the checkpoints in {directory} are from a run on {', '.join(map(str, sorted(other_world_sizes)))} "
+                    f"rank(s); resume with that many ranks, or choose another --output-dir"
+                )
+            )
     if skipped and rank == 0:
         target = f"resuming from {describe(position)}" if state is not None else "none is complete; starting afresh"
-        print(f"warning: skipped incomplete or unusable checkpoints: {', '.join(skipped)}; {target}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: skipped incomplete or unusable checkpoints: {', '.join(skipped)}; {target}",
+            file=sys.stderr,
+            flush=True,
+        )
     return state
 
 

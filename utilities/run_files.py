@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import subprocess
+import sys
 
 import yaml
 
@@ -22,8 +22,12 @@ def code_version() -> str:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         result = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return result.stdout.strip() + ("+dirty" if dirty else "") if result.returncode == 0 else "unknown"
@@ -91,5 +95,6 @@ def progress_bar(total: int, initial: int, description: str):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=description, unit="step", file=sys.stderr, leave=False,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=initial, desc=description, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True
+    )

@@ -45,8 +45,10 @@ class FolderLock:
                 holder = handle.read().strip() or "another process"
                 handle.close()
                 self.remove_created_folders()
-                raise ConfigError(f"{self.directory} is in use by another run ({holder}); wait for it to finish, "
-                                  f"or choose another --output-dir") from None
+                raise ConfigError(
+                    f"{self.directory} is in use by another run ({holder}); wait for it to finish, "
+                    f"or choose another --output-dir"
+                ) from None
             # A holder that just finished unlinks the file after we opened it: lock the file now at the path.
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:

@@ -23,10 +23,30 @@ INCOMPATIBLE = ("training_type", "model", "dataset", "world_size")
 LENGTH = ("epochs", "max_steps", "total_steps")
 # Where files are, how progress is shown, how fast or on what device: none changes what is computed.
 # (Micro-batching only splits a batch to fit memory.) Every other setting is compared.
-OPERATIONAL = frozenset({
-    "data_dir", "download", "output_dir", "resume", "overwrite", "keep_checkpoints", "epochs_per_job",
-    "check_replicas", "log_every", "tensorboard", "device", "backend", "dist_url", "timeout", "eval_batch_size",
-    "max_micro_batch", "accumulation_steps", "deterministic", "num_classes", "allow_config_change"})
+OPERATIONAL = frozenset(
+    {
+        "data_dir",
+        "download",
+        "output_dir",
+        "resume",
+        "overwrite",
+        "keep_checkpoints",
+        "epochs_per_job",
+        "check_replicas",
+        "log_every",
+        "tensorboard",
+        "device",
+        "backend",
+        "dist_url",
+        "timeout",
+        "eval_batch_size",
+        "max_micro_batch",
+        "accumulation_steps",
+        "deterministic",
+        "num_classes",
+        "allow_config_change",
+    }
+)
 
 
 def run_identity(settings: dict, world_size: int) -> dict:
@@ -45,16 +65,19 @@ def describe(changes: dict) -> str:
 def check_resume_settings(saved: dict, current: dict, allow_change: bool) -> dict:
     """The {setting: (checkpoint's, new)} changes allowed for this resume; raise for the others.
     Settings a checkpoint predates (absent from ``saved``) are not compared."""
-    changes = {name: (saved[name], value) for name, value in current.items()
-               if name in saved and saved[name] != value}
+    changes = {name: (saved[name], value) for name, value in current.items() if name in saved and saved[name] != value}
     incompatible = {name: change for name, change in changes.items() if name in INCOMPATIBLE}
     if incompatible:
-        raise CheckpointError(f"the checkpoint belongs to another run ({describe(incompatible)}); it cannot be "
-                              f"resumed with these settings; choose another --output-dir or --resume path")
+        raise CheckpointError(
+            f"the checkpoint belongs to another run ({describe(incompatible)}); it cannot be "
+            f"resumed with these settings; choose another --output-dir or --resume path"
+        )
     refused = {name: change for name, change in changes.items() if name not in LENGTH}
     if refused and not allow_change:
-        raise ConfigError(f"resuming with other settings would mix two runs: {describe(refused)}; use the "
-                          f"checkpoint's settings, or pass --allow-config-change to continue with the new ones")
+        raise ConfigError(
+            f"resuming with other settings would mix two runs: {describe(refused)}; use the "
+            f"checkpoint's settings, or pass --allow-config-change to continue with the new ones"
+        )
     return changes
 
 
@@ -62,8 +85,9 @@ def load_with_changes(trainer, state: dict, changes: dict, schedule) -> None:
     """Load ``state`` into ``trainer``, then let the changed settings take effect: the newly built optimizer's
     hyperparameters, LR schedule and J replace the checkpoint's (which loading the state would restore)."""
     optimizer, sync = trainer.optimizer, trainer.sync
-    fresh_groups = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
-                    for group in optimizer.param_groups]
+    fresh_groups = [
+        {k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")} for group in optimizer.param_groups
+    ]
     fresh_sync = sync.state_dict()
     if "optimizer" in changes:  # another optimizer's state (e.g. SGD momentum for AdamW) does not apply
         state["optimizer"] = optimizer.state_dict()
@@ -90,6 +114,10 @@ def change_history(config_file: str, resumed_epoch: int, changes: dict) -> list:
             history = []
     history = [entry for entry in history if isinstance(entry, dict) and entry.get("from_epoch", 0) <= resumed_epoch]
     if changes:
-        history.append({"from_epoch": resumed_epoch + 1,
-                         "changes": {name: {"from": old, "to": new} for name, (old, new) in changes.items()}})
+        history.append(
+            {
+                "from_epoch": resumed_epoch + 1,
+                "changes": {name: {"from": old, "to": new} for name, (old, new) in changes.items()},
+            }
+        )
     return history

@@ -20,8 +20,10 @@ def set_threads(launch: LaunchInfo) -> None:
     """Share the cores among the ranks of this node instead of each rank taking all of them."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0]
-                     or 0) or launch.world_size
+    ranks_here = (
+        int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+        or launch.world_size
+    )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
 
 
@@ -43,8 +45,10 @@ def check_output_dir(config: Config, directory: str) -> None:
     if problem:
         raise ConfigError(problem)
     if holds_a_run(directory) and not config.resume and not config.overwrite:
-        raise ConfigError(f"{directory} holds another run; pass --resume auto to continue it, --overwrite to "
-                          f"replace it, or choose another --output-dir")
+        raise ConfigError(
+            f"{directory} holds another run; pass --resume auto to continue it, --overwrite to "
+            f"replace it, or choose another --output-dir"
+        )
 
 
 def clear_for_new_run(output_dir: str, checkpoints: str, overwrite: bool) -> None:

@@ -30,5 +30,7 @@ SYNC_TYPES = {
 
 def build_sync(training_type: str, config, meter: CommMeter, shape: RunShape) -> Sync:
     if training_type not in SYNC_TYPES:
-        raise ValueError(f"training type {training_type!r} is not available yet; choose one of: {', '.join(SYNC_TYPES)}")
+        raise ValueError(
+            f"training type {training_type!r} is not available yet; choose one of: {', '.join(SYNC_TYPES)}"
+        )
     return SYNC_TYPES[training_type].from_config(config, meter, shape)

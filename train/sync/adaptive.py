@@ -26,8 +26,15 @@ RULES = ("threshold", "trend")
 class LocalStepsController:
     """Decides J from a sequence of validation losses; pure, so it is tested on scripted sequences."""
 
-    def __init__(self, initial: int, minimum: int, maximum: int, rule: str = "threshold",
-                 thresholds=(0.02, 0.005, 0.001), total_epochs: int = 1):
+    def __init__(
+        self,
+        initial: int,
+        minimum: int,
+        maximum: int,
+        rule: str = "threshold",
+        thresholds=(0.02, 0.005, 0.001),
+        total_epochs: int = 1,
+    ):
         if not 1 <= minimum <= maximum:
             raise ValueError(f"need 1 <= minimum <= maximum, got minimum={minimum}, maximum={maximum}")
         if rule not in RULES:
@@ -80,8 +87,14 @@ _CONTROLLER_OPTIONS = ("local_steps", "min_local_steps", "max_local_steps", "ada
 class AdaptiveJ(PLSGD):
     OPTIONS = (*PLSGD.OPTIONS, *_CONTROLLER_OPTIONS[1:])
 
-    def __init__(self, meter: CommMeter, controller: LocalStepsController, average_buffers: bool = True,
-                 momentum_sync: str = "local", **averaging):
+    def __init__(
+        self,
+        meter: CommMeter,
+        controller: LocalStepsController,
+        average_buffers: bool = True,
+        momentum_sync: str = "local",
+        **averaging,
+    ):
         super().__init__(meter, controller.local_steps, average_buffers, momentum_sync, **averaging)
         self.controller = controller
 

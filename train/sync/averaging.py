@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from train.sync.base import TrainingDiverged
-from utilities.distributed import CommMeter
 from train.sync.flat_buffer import FlatBuffer
+from utilities.distributed import CommMeter
 
 WIRE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,8 +38,9 @@ class Round(NamedTuple):
 
 
 class Averager:
-    def __init__(self, state: FlatBuffer, meter: CommMeter, wire_dtype: str = "fp32", group=None,
-                 check_finite: bool = True):
+    def __init__(
+        self, state: FlatBuffer, meter: CommMeter, wire_dtype: str = "fp32", group=None, check_finite: bool = True
+    ):
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {tuple(WIRE_DTYPES)}, got {wire_dtype!r}")
         self.state, self.meter, self.group = state, meter, group
@@ -92,8 +93,10 @@ class Averager:
         control = float(message[-1]) if has_control else None
         mean = (message[:-1] if has_control else message).float().div_(dist.get_world_size(self.group))
         if self.check_finite and not bool(torch.isfinite(mean).all()):
-            raise TrainingDiverged("the averaged model is not finite: a rank's loss diverged (or one was stopped by "
-                                   "--on-nan stop); lower --lr, add --warmup-epochs, or pass --on-nan skip")
+            raise TrainingDiverged(
+                "the averaged model is not finite: a rank's loss diverged (or one was stopped by "
+                "--on-nan stop); lower --lr, add --warmup-epochs, or pass --on-nan skip"
+            )
         new_point = mean if self.wire_dtype is None else self.reference + mean
         self.state.scatter(new_point)
         if after_average is not None:
@@ -119,15 +122,27 @@ class Averager:
         state = {"reference": self.reference, "error": self.error}
         if self.pending is not None:  # a mid-epoch checkpoint with an overlapped round in flight
             self.pending.work.wait()  # the transfer ends now; the round stays open and completes after the resume
-            state["pending"] = {"snapshot": self.pending.snapshot, "message": self.pending.message,
-                                "control": self.pending.has_control}
+            state["pending"] = {
+                "snapshot": self.pending.snapshot,
+                "message": self.pending.message,
+                "control": self.pending.has_control,
+            }
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.reference, self.error = state["reference"], state["error"]
         pending = state.get("pending")
-        self.pending = None if pending is None else Round(pending["snapshot"], pending["message"], _FinishedWork(),
-                                                          time.perf_counter(), pending.get("control", False))
+        self.pending = (
+            None
+            if pending is None
+            else Round(
+                pending["snapshot"],
+                pending["message"],
+                _FinishedWork(),
+                time.perf_counter(),
+                pending.get("control", False),
+            )
+        )
         self.done_after = None
 
 

@@ -25,9 +25,9 @@ import torch
 
 from train.sync.averaging import Averager
 from train.sync.base import RunShape, Sync
+from train.sync.flat_buffer import FlatBuffer, floating_state
 from train.sync.plsgd import broadcast_from_rank0
 from utilities.distributed import CommMeter, is_distributed, world_size
-from train.sync.flat_buffer import FlatBuffer, floating_state
 
 DEFAULT_BETA = 0.9  # p * alpha, as the paper suggests
 
@@ -44,14 +44,17 @@ class EASGD(Sync):
     # These change what a round means; EASGD's round is always blocking, fp32 and global.
     REFUSED_OPTIONS = ("overlap", "sync_dtype", "hierarchy", "momentum_sync", "average_buffers", "fragments")
     refusal_hint = "its elastic round is blocking, fp32, over all ranks, and moves BatchNorm statistics too"
+
     def __init__(self, meter: CommMeter, local_steps: int, elastic_alpha: float = 0.0, ranks: int = 1):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
         alpha = elastic_alpha or DEFAULT_BETA / ranks
         if not (0 < alpha < 1 and ranks * alpha <= 1):
-            raise ValueError(f"--elastic-alpha must be in (0, 1) with alpha * ranks <= 1 (here at most "
-                             f"{1 / ranks:.4g}), got {elastic_alpha}; 0 picks {DEFAULT_BETA} / ranks")
+            raise ValueError(
+                f"--elastic-alpha must be in (0, 1) with alpha * ranks <= 1 (here at most "
+                f"{1 / ranks:.4g}), got {elastic_alpha}; 0 picks {DEFAULT_BETA} / ranks"
+            )
         self.local_steps, self.alpha, self.ranks = local_steps, alpha, ranks
         self.steps_since_sync = 0
 

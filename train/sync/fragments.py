@@ -66,8 +66,10 @@ class StreamedFragments:
         self.owner, self.meter = owner, meter
         self.period = owner.local_steps
         parts = split_pieces([t.numel() for t in tensors], count)
-        self.fragments = [Fragment(index, pieces, tensors, meter, wire_dtype, index * self.period // count)
-                          for index, pieces in enumerate(parts)]
+        self.fragments = [
+            Fragment(index, pieces, tensors, meter, wire_dtype, index * self.period // count)
+            for index, pieces in enumerate(parts)
+        ]
 
     def after_step(self) -> None:
         if self.owner.local_steps != self.period:
@@ -129,14 +131,25 @@ class StreamedFragments:
             fragment.averager.restart_from_current()
 
     def state_dict(self) -> dict:
-        return {"period": self.period,
-                "fragments": [{"steps_since_sync": f.steps_since_sync, "steps_in_flight": f.steps_in_flight,
-                               "depth": f.depth, "averager": f.averager.state_dict()} for f in self.fragments]}
+        return {
+            "period": self.period,
+            "fragments": [
+                {
+                    "steps_since_sync": f.steps_since_sync,
+                    "steps_in_flight": f.steps_in_flight,
+                    "depth": f.depth,
+                    "averager": f.averager.state_dict(),
+                }
+                for f in self.fragments
+            ],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["fragments"]) != len(self.fragments):
-            raise ValueError(f"the checkpoint has {len(state['fragments'])} fragments, this run "
-                             f"{len(self.fragments)}; resume with the same --fragments")
+            raise ValueError(
+                f"the checkpoint has {len(state['fragments'])} fragments, this run "
+                f"{len(self.fragments)}; resume with the same --fragments"
+            )
         self.period = state["period"]
         for fragment, saved in zip(self.fragments, state["fragments"]):
             fragment.steps_since_sync, fragment.steps_in_flight = saved["steps_since_sync"], saved["steps_in_flight"]

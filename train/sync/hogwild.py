@@ -27,12 +27,12 @@ import torch.multiprocessing as mp
 
 from dataloaders import TrainBatches
 from train.sync.base import RunShape, Sync
+from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 from train.sync.hogwild_watch import WorkerWatch
 from train.sync.hogwild_worker import WorkerSpec, worker_main
 from train.sync.layer_blocks import balanced_blocks
 from train.sync.plsgd import broadcast_from_rank0
 from utilities.distributed import CommMeter, all_reduce_sum, is_distributed
-from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 POLL_SECONDS = 0.002  # how often the averager looks at the node's step counter
 
@@ -42,9 +42,21 @@ class LAPSGD(Sync):
     OPTIONS = ("local_steps", "workers_per_node", "average_buffers", "switch_epoch")
     trains_in_workers = True
 
-    def __init__(self, meter: CommMeter, local_steps: int, workers: int, optimizer: str, optimizer_kwargs: dict,
-                 schedule, prepass_epochs: int = 0, average_buffers: bool = True, all_reduce=None,
-                 pre_post_epochs: int = 0, max_steps: int = 0, timeout: float = 300.0):
+    def __init__(
+        self,
+        meter: CommMeter,
+        local_steps: int,
+        workers: int,
+        optimizer: str,
+        optimizer_kwargs: dict,
+        schedule,
+        prepass_epochs: int = 0,
+        average_buffers: bool = True,
+        all_reduce=None,
+        pre_post_epochs: int = 0,
+        max_steps: int = 0,
+        timeout: float = 300.0,
+    ):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
@@ -68,12 +80,27 @@ class LAPSGD(Sync):
 
     @classmethod
     def from_config(cls, config, meter: CommMeter, shape: RunShape):
-        kwargs = {"lr": config.lr, "momentum": config.momentum, "nesterov": config.nesterov,
-                  "weight_decay": config.weight_decay, "trust_coefficient": config.trust_coefficient,
-                  "exclude_bias_and_norm": config.lars_exclude_bias_norm}
-        return cls(meter, config.local_steps, config.workers_per_node, config.optimizer, kwargs, shape.schedule,
-                   config.prepass_epochs, config.average_buffers, pre_post_epochs=max(config.switch_epoch, 0),
-                   max_steps=shape.max_steps, timeout=config.timeout)
+        kwargs = {
+            "lr": config.lr,
+            "momentum": config.momentum,
+            "nesterov": config.nesterov,
+            "weight_decay": config.weight_decay,
+            "trust_coefficient": config.trust_coefficient,
+            "exclude_bias_and_norm": config.lars_exclude_bias_norm,
+        }
+        return cls(
+            meter,
+            config.local_steps,
+            config.workers_per_node,
+            config.optimizer,
+            kwargs,
+            shape.schedule,
+            config.prepass_epochs,
+            config.average_buffers,
+            pre_post_epochs=max(config.switch_epoch, 0),
+            max_steps=shape.max_steps,
+            timeout=config.timeout,
+        )
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -100,11 +127,32 @@ class LAPSGD(Sync):
         for index, block in enumerate(self.worker_blocks()):
             # Worker w of rank r reads shard r*P + w of W*P: the node's shard, split P ways.
             data = train.resharded(self.rank * self.workers + index, self.world_size * self.workers)
-            spec = WorkerSpec(self.optimizer_name, self.optimizer_kwargs, self.schedule, threads, block,
-                              self.prepass_epochs, self.worker_states.get(index), self.max_steps, os.getpid())
-            process = self.context.Process(target=worker_main, daemon=True, name=f"hogwild-{self.rank}-{index}",
-                                           args=(index, spec, self.model, data, self.commands[index], self.results,
-                                                 self.node_steps, self.watch.steps))
+            spec = WorkerSpec(
+                self.optimizer_name,
+                self.optimizer_kwargs,
+                self.schedule,
+                threads,
+                block,
+                self.prepass_epochs,
+                self.worker_states.get(index),
+                self.max_steps,
+                os.getpid(),
+            )
+            process = self.context.Process(
+                target=worker_main,
+                daemon=True,
+                name=f"hogwild-{self.rank}-{index}",
+                args=(
+                    index,
+                    spec,
+                    self.model,
+                    data,
+                    self.commands[index],
+                    self.results,
+                    self.node_steps,
+                    self.watch.steps,
+                ),
+            )
             process.start()
             self.processes.append(process)
         for _ in self.processes:  # start-up (imports) is not training time
@@ -132,12 +180,23 @@ class LAPSGD(Sync):
         self.average_when_due(workers_idle=True)
         seconds = time.perf_counter() - started
         self.worker_states = {index: report.optimizer_state for index, report in reports.items()}
-        loss, correct, images = all_reduce_sum([sum(r.loss_sum for r in reports.values()),
-                                                sum(r.correct for r in reports.values()),
-                                                sum(r.images for r in reports.values())], device)
-        return {"step": self.node_step_count(), "lr": lr, "train_loss": loss / images, "train_accuracy": correct / images,
-                "images_per_second": images / seconds, "train_seconds": seconds,
-                "node_steps_during_sync": self.steps_during_rounds - steps_during_rounds_before}
+        loss, correct, images = all_reduce_sum(
+            [
+                sum(r.loss_sum for r in reports.values()),
+                sum(r.correct for r in reports.values()),
+                sum(r.images for r in reports.values()),
+            ],
+            device,
+        )
+        return {
+            "step": self.node_step_count(),
+            "lr": lr,
+            "train_loss": loss / images,
+            "train_accuracy": correct / images,
+            "images_per_second": images / seconds,
+            "train_seconds": seconds,
+            "node_steps_during_sync": self.steps_during_rounds - steps_during_rounds_before,
+        }
 
     def average_when_due(self, workers_idle: bool = False) -> None:
         while self.node_step_count() - self.synced_at >= self.interval:
@@ -160,7 +219,9 @@ class LAPSGD(Sync):
         average.div_(self.world_size)
         sizes = [t.numel() for t in self.state.tensors]
         with torch.no_grad():
-            for tensor, before, mean in zip(self.state.tensors, torch.split(snapshot, sizes), torch.split(average, sizes)):
+            for tensor, before, mean in zip(
+                self.state.tensors, torch.split(snapshot, sizes), torch.split(average, sizes)
+            ):
                 # live - snapshot is what the workers did meanwhile (exactly 0 if nothing): keep it on the mean.
                 tensor.sub_(before.view_as(tensor)).add_(mean.view_as(tensor))
         self.steps_during_rounds += self.node_step_count() - steps_before
@@ -190,8 +251,13 @@ class LAPSGD(Sync):
             self.state.average(self.meter)  # no worker runs now: copy the average itself, bit for bit
 
     def state_dict(self) -> dict:
-        return {"node_steps": self.node_step_count(), "synced_at": self.synced_at, "identical_at": self.identical_at,
-                "steps_during_rounds": self.steps_during_rounds, "worker_states": self.worker_states}
+        return {
+            "node_steps": self.node_step_count(),
+            "synced_at": self.synced_at,
+            "identical_at": self.identical_at,
+            "steps_during_rounds": self.steps_during_rounds,
+            "worker_states": self.worker_states,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.node_steps.value, self.synced_at = state["node_steps"], state["synced_at"]

@@ -67,11 +67,14 @@ class WorkerWatch:
         now = time.monotonic()
         for index, process in enumerate(processes):
             if process.exitcode is not None:
-                raise WorkerFailed(f"worker {index} of rank {rank} (pid {process.pid}) exited with code "
-                                   f"{process.exitcode}")
+                raise WorkerFailed(
+                    f"worker {index} of rank {rank} (pid {process.pid}) exited with code {process.exitcode}"
+                )
             count = self.steps[index]
             if count != self.seen[index] or index in idle:
                 self.seen[index], self.moved_at[index] = count, now
             elif now - self.moved_at[index] > self.timeout:
-                raise WorkerFailed(f"worker {index} of rank {rank} (pid {process.pid}) made no step for "
-                                   f"{self.timeout:g} s (--timeout): it is stopped or hung")
+                raise WorkerFailed(
+                    f"worker {index} of rank {rank} (pid {process.pid}) made no step for "
+                    f"{self.timeout:g} s (--timeout): it is stopped or hung"
+                )

@@ -89,8 +89,9 @@ def host_copy(state):
     return state
 
 
-def worker_main(index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps,
-                worker_steps) -> None:
+def worker_main(
+    index: int, spec: WorkerSpec, model, train: TrainBatches, commands, results, node_steps, worker_steps
+) -> None:
     """Process entry: run the epochs the coordinator asks for until it sends None."""
     bind_to_rank(spec.rank_pid)
     os.environ["OMP_NUM_THREADS"] = str(spec.threads)

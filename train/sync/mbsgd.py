@@ -3,7 +3,6 @@
 (No `from __future__ import annotations` here: DDP checks the comm hook's annotations at run time.)
 """
 
-
 import contextlib
 import inspect
 import time
@@ -14,15 +13,16 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersg
 from torch.nn.parallel import DistributedDataParallel
 
 from train.sync.base import Sync
-from utilities.distributed import CommMeter, is_distributed
 from train.sync.flat_buffer import FlatBuffer
-
+from utilities.distributed import CommMeter, is_distributed
 
 # Newer torch names DDP's per-forward buffer broadcast forward_sync_buffers (and deprecates broadcast_buffers);
 # either way the buffers are still made equal once, at construction.
-NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
-                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                          else {"broadcast_buffers": False})
+NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 
@@ -116,8 +116,7 @@ def counted_allreduce_hook(state, bucket: dist.GradBucket) -> torch.futures.Futu
 class MBSGD(Sync):
     OPTIONS = ("grad_compression", "bucket_cap_mb")
 
-    def __init__(self, meter: CommMeter, grad_compression: str = "none",
-                 bucket_cap_mb: float = 25.0):
+    def __init__(self, meter: CommMeter, grad_compression: str = "none", bucket_cap_mb: float = 25.0):
         super().__init__(meter)
         if grad_compression not in WIRE_DTYPES:
             raise ValueError(f"grad_compression must be one of {tuple(WIRE_DTYPES)}, got {grad_compression!r}")
@@ -135,14 +134,20 @@ class MBSGD(Sync):
         # Buffers (BatchNorm statistics) are averaged after each step instead of DDP's broadcast of rank 0's
         # before each forward: that left every rank with its own statistics after the step, so replicas never
         # agreed and evaluation differed per rank.
-        self.ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb,
-                                           **NO_FORWARD_BUFFER_SYNC)
+        self.ddp = DistributedDataParallel(
+            model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb, **NO_FORWARD_BUFFER_SYNC
+        )
         self.times = BucketTimes()
         if self.grad_compression == "powersgd":
             powersgd.dist = _CountedCollectives(self.meter)
             # Rank 2 approximations after 10 plain steps; error feedback keeps what compression drops.
-            state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=10,
-                                           use_error_feedback=True, warm_start=True)
+            state = powersgd.PowerSGDState(
+                process_group=None,
+                matrix_approximation_rank=2,
+                start_powerSGD_iter=10,
+                use_error_feedback=True,
+                warm_start=True,
+            )
             self.ddp.register_comm_hook((self.meter, self.times, state), counted_powersgd_hook)
         else:
             self.ddp.register_comm_hook((self.meter, self.times, self.wire_dtype), counted_allreduce_hook)

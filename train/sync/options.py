@@ -26,13 +26,18 @@ def ignored_options(training_type: str, sync_types: dict, config, defaults) -> l
 
     Raises ValueError naming the flags when one of them is refused by the type."""
     sync_class = sync_types[training_type]
-    changed = [name for name in type_specific_fields(sync_types)
-               if name not in sync_class.OPTIONS and getattr(config, name) != getattr(defaults, name)]
+    changed = [
+        name
+        for name in type_specific_fields(sync_types)
+        if name not in sync_class.OPTIONS and getattr(config, name) != getattr(defaults, name)
+    ]
     refused = [_flag(name) for name in changed if name in sync_class.REFUSED_OPTIONS]
     if refused:
         hint = f" ({sync_class.refusal_hint})" if sync_class.refusal_hint else ""
-        raise ValueError(f"--training-type {training_type} cannot honour {', '.join(refused)}{hint}; "
-                         f"drop {'it' if len(refused) == 1 else 'them'} or choose another training type")
+        raise ValueError(
+            f"--training-type {training_type} cannot honour {', '.join(refused)}{hint}; "
+            f"drop {'it' if len(refused) == 1 else 'them'} or choose another training type"
+        )
     return [name for name in changed if name not in sync_class.REFUSED_OPTIONS]
 
 

@@ -82,4 +82,3 @@ class AutoDepth:
         self.needs.extend(state["needs"])
         self.step_seconds.clear()
         self.step_seconds.extend(state["step_seconds"])
-

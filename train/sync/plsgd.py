@@ -18,12 +18,12 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from train.sync.base import RunShape, Sync
 from train.sync.averaging import Averager
+from train.sync.base import RunShape, Sync
+from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 from train.sync.fragments import StreamedFragments
 from train.sync.overlap_depth import AUTO, AutoDepth
 from utilities.distributed import CommMeter, is_distributed, world_size
-from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 
 MOMENTUM_SYNC = ("local", "reset", "average")
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
@@ -43,9 +43,19 @@ AVERAGING_OPTIONS = ("overlap", "overlap_steps", "sync_dtype", "hierarchy", "ran
 class PLSGD(Sync):
     OPTIONS = ("local_steps", "average_buffers", "momentum_sync", *AVERAGING_OPTIONS)
 
-    def __init__(self, meter: CommMeter, local_steps: int, average_buffers: bool = True,
-                 momentum_sync: str = "local", overlap: bool = False, sync_dtype: str = "fp32",
-                 hierarchy: Optional[tuple] = None, ranks_per_node: int = 0, overlap_steps=1, fragments: int = 1):
+    def __init__(
+        self,
+        meter: CommMeter,
+        local_steps: int,
+        average_buffers: bool = True,
+        momentum_sync: str = "local",
+        overlap: bool = False,
+        sync_dtype: str = "fp32",
+        hierarchy: Optional[tuple] = None,
+        ranks_per_node: int = 0,
+        overlap_steps=1,
+        fragments: int = 1,
+    ):
         super().__init__(meter)
         if local_steps < 1:
             raise ValueError(f"local_steps must be at least 1, got {local_steps}")
@@ -54,15 +64,18 @@ class PLSGD(Sync):
         if hierarchy is not None:
             node_steps, global_steps = hierarchy
             if not 1 <= node_steps <= global_steps or global_steps % node_steps:
-                raise ValueError(f"hierarchy needs 1 <= J_node <= J_global with J_global a multiple of J_node, "
-                                 f"got {hierarchy}")
+                raise ValueError(
+                    f"hierarchy needs 1 <= J_node <= J_global with J_global a multiple of J_node, got {hierarchy}"
+                )
             if overlap or sync_dtype != "fp32":
                 raise ValueError("hierarchy cannot be combined with overlap or a reduced sync_dtype")
             local_steps = global_steps
         if overlap and overlap_steps == AUTO and local_steps < 2:
             raise ValueError("overlap needs local_steps of at least 2 (a round may run at most J - 1 steps behind)")
         if overlap and overlap_steps != AUTO and not 1 <= overlap_steps < local_steps:
-            raise ValueError(f"overlap_steps must be at least 1 and below local_steps ({local_steps}), got {overlap_steps}")
+            raise ValueError(
+                f"overlap_steps must be at least 1 and below local_steps ({local_steps}), got {overlap_steps}"
+            )
         check_fragments(fragments, local_steps, hierarchy, momentum_sync)
         self.fragments = fragments
         self.streamer: Optional[StreamedFragments] = None
@@ -190,8 +203,12 @@ class PLSGD(Sync):
     def apply_momentum_rule(self) -> None:
         if self.momentum_sync == "local":
             return  # each rank keeps its own momentum (Lin et al. 2020 do the same)
-        buffers = [state[key] for state in self.optimizer.state.values() for key in _MOMENTUM_KEYS
-                   if isinstance(state.get(key), torch.Tensor)]
+        buffers = [
+            state[key]
+            for state in self.optimizer.state.values()
+            for key in _MOMENTUM_KEYS
+            if isinstance(state.get(key), torch.Tensor)
+        ]
         if self.momentum_sync == "reset":
             for buffer in buffers:
                 buffer.zero_()
@@ -237,7 +254,11 @@ class PLSGD(Sync):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps_since_sync, self.local_steps, self.steps = state["steps_since_sync"], state["local_steps"], state["steps"]
+        self.steps_since_sync, self.local_steps, self.steps = (
+            state["steps_since_sync"],
+            state["local_steps"],
+            state["steps"],
+        )
         if "averager" in state and getattr(self, "averager", None) is not None:
             self.averager.load_state_dict(state["averager"])
         if self.streamer is not None:
@@ -249,21 +270,34 @@ class PLSGD(Sync):
 def averaging_options(config) -> dict:
     """The averaging settings every local method shares."""
     hierarchy = tuple(config.hierarchy) if config.hierarchy else None
-    ranks_per_node = config.ranks_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or int(
-        os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+    ranks_per_node = (
+        config.ranks_per_node
+        or int(os.environ.get("LOCAL_WORLD_SIZE", 0))
+        or int(os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+    )
     if hierarchy is not None and ranks_per_node < 1:
         raise ValueError("--hierarchy needs to know which ranks share a node: pass --ranks-per-node")
     if hierarchy is not None and is_distributed() and world_size() % ranks_per_node:  # before any collective
-        raise ValueError(f"--hierarchy: {world_size()} ranks do not split into nodes of {ranks_per_node} "
-                         f"(--ranks-per-node); give a divisor of the number of ranks")
-    return {"overlap": config.overlap, "sync_dtype": config.sync_dtype, "hierarchy": hierarchy,
-            "ranks_per_node": ranks_per_node, "overlap_steps": config.overlap_steps, "fragments": config.fragments}
+        raise ValueError(
+            f"--hierarchy: {world_size()} ranks do not split into nodes of {ranks_per_node} "
+            f"(--ranks-per-node); give a divisor of the number of ranks"
+        )
+    return {
+        "overlap": config.overlap,
+        "sync_dtype": config.sync_dtype,
+        "hierarchy": hierarchy,
+        "ranks_per_node": ranks_per_node,
+        "overlap_steps": config.overlap_steps,
+        "fragments": config.fragments,
+    }
 
 
 def check_fragments(fragments: int, local_steps: int, hierarchy: Optional[tuple], momentum_sync: str) -> None:
     if not 1 <= fragments <= local_steps:
-        raise ValueError(f"fragments must be between 1 and local_steps ({local_steps}): one fragment begins every "
-                         f"J / F steps; got {fragments}")
+        raise ValueError(
+            f"fragments must be between 1 and local_steps ({local_steps}): one fragment begins every "
+            f"J / F steps; got {fragments}"
+        )
     if fragments > 1 and hierarchy is not None:
         raise ValueError("fragments cannot be combined with hierarchy")
     if fragments > 1 and momentum_sync != "local":

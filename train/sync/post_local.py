@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 from train.sync.base import RunShape
+from train.sync.flat_buffer import FlatBuffer
 from train.sync.plsgd import PLSGD
 from utilities.distributed import CommMeter, all_reduce_mean, is_distributed
-from train.sync.flat_buffer import FlatBuffer
 
 
 class PostLocalSGD(PLSGD):
     OPTIONS = (*PLSGD.OPTIONS, "switch_epoch", "switch_step")
 
-    def __init__(self, meter: CommMeter, local_steps: int, switch_step: int, average_buffers: bool = True,
-                 momentum_sync: str = "local", **averaging):
+    def __init__(
+        self,
+        meter: CommMeter,
+        local_steps: int,
+        switch_step: int,
+        average_buffers: bool = True,
+        momentum_sync: str = "local",
+        **averaging,
+    ):
         super().__init__(meter, local_steps, average_buffers, momentum_sync, **averaging)
         if switch_step < 0:
             raise ValueError(f"switch_step must not be negative, got {switch_step}")

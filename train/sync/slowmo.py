@@ -33,8 +33,15 @@ def fragment_views(tensors: list, fragment) -> list:
 
 
 class OuterStepSGD(PLSGD):
-    def __init__(self, meter: CommMeter, local_steps: int, outer_optimizer: OuterOptimizerFactory,
-                 average_buffers: bool = True, momentum_sync: str = "local", **averaging):
+    def __init__(
+        self,
+        meter: CommMeter,
+        local_steps: int,
+        outer_optimizer: OuterOptimizerFactory,
+        average_buffers: bool = True,
+        momentum_sync: str = "local",
+        **averaging,
+    ):
         super().__init__(meter, local_steps, average_buffers, momentum_sync, **averaging)
         self.make_outer_optimizer = outer_optimizer
 
@@ -45,9 +52,11 @@ class OuterStepSGD(PLSGD):
         self.outer_optimizer = self.make_outer_optimizer(self.start)
         # Streamed fragments: one outer optimizer per fragment, over views of the period-start copy.
         self.fragment_optimizers = [
-            self.make_outer_optimizer([torch.nn.Parameter(view, requires_grad=False)
-                                       for view in fragment_views(self.start, fragment)])
-            for fragment in (self.streamer.fragments if self.streamer is not None else [])]
+            self.make_outer_optimizer(
+                [torch.nn.Parameter(view, requires_grad=False) for view in fragment_views(self.start, fragment)]
+            )
+            for fragment in (self.streamer.fragments if self.streamer is not None else [])
+        ]
         return model
 
     def after_average(self, fragment=None) -> None:
@@ -66,9 +75,12 @@ class OuterStepSGD(PLSGD):
                 x.copy_(start)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "start": [p.data for p in self.start],
-                "outer_optimizer": self.outer_optimizer.state_dict(),
-                "fragment_optimizers": [optimizer.state_dict() for optimizer in self.fragment_optimizers]}
+        return {
+            **super().state_dict(),
+            "start": [p.data for p in self.start],
+            "outer_optimizer": self.outer_optimizer.state_dict(),
+            "fragment_optimizers": [optimizer.state_dict() for optimizer in self.fragment_optimizers],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -108,8 +120,16 @@ class SlowMomentum(torch.optim.Optimizer):
 class SlowMo(OuterStepSGD):
     OPTIONS = (*PLSGD.OPTIONS, "slow_momentum", "slow_lr")
 
-    def __init__(self, meter: CommMeter, local_steps: int, slow_momentum: float = 0.5, slow_lr: float = 1.0,
-                 average_buffers: bool = True, momentum_sync: str = "local", **averaging):
+    def __init__(
+        self,
+        meter: CommMeter,
+        local_steps: int,
+        slow_momentum: float = 0.5,
+        slow_lr: float = 1.0,
+        average_buffers: bool = True,
+        momentum_sync: str = "local",
+        **averaging,
+    ):
         if not 0 <= slow_momentum < 1:
             raise ValueError(f"slow_momentum must be in [0, 1), got {slow_momentum}")
         if slow_lr <= 0:
@@ -134,8 +154,16 @@ class DiLoCo(OuterStepSGD):
     OPTIONS = (*PLSGD.OPTIONS, "outer_lr", "outer_momentum")
     default_optimizer = ("adamw", 1e-3)  # Douillard et al. 2023, sec. 2: AdamW inside; its LR suits AdamW
 
-    def __init__(self, meter: CommMeter, local_steps: int, outer_lr: float = 0.7, outer_momentum: float = 0.9,
-                 average_buffers: bool = True, momentum_sync: str = "local", **averaging):
+    def __init__(
+        self,
+        meter: CommMeter,
+        local_steps: int,
+        outer_lr: float = 0.7,
+        outer_momentum: float = 0.9,
+        average_buffers: bool = True,
+        momentum_sync: str = "local",
+        **averaging,
+    ):
         self.outer_lr, self.outer_momentum = outer_lr, outer_momentum
         outer = lambda params: torch.optim.SGD(params, lr=outer_lr, momentum=outer_momentum, nesterov=True)  # noqa: E731
         super().__init__(meter, local_steps, outer, average_buffers, momentum_sync, **averaging)

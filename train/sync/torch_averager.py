@@ -10,9 +10,9 @@ from torch.distributed.algorithms.model_averaging.averagers import PeriodicModel
 
 from train.sync.averaging import Averager
 from train.sync.base import TrainingDiverged
+from train.sync.flat_buffer import FlatBuffer, floating_state
 from train.sync.plsgd import PLSGD
 from utilities.distributed import is_distributed
-from train.sync.flat_buffer import FlatBuffer, floating_state
 
 
 class TorchPeriodicAverager(PLSGD):
@@ -28,7 +28,9 @@ class TorchPeriodicAverager(PLSGD):
         model = super().prepare(model, optimizer)
         self.parameters = list(model.parameters())
         self.parameter_bytes = sum(p.numel() * p.element_size() for p in self.parameters)
-        self.torch_averager = PeriodicModelAverager(period=self.local_steps, warmup_steps=0) if is_distributed() else None
+        self.torch_averager = (
+            PeriodicModelAverager(period=self.local_steps, warmup_steps=0) if is_distributed() else None
+        )
         if self.torch_averager is not None:
             # torch averages when its counter is a multiple of the period, counting from 0: starting at 1
             # makes it average after steps J, 2J, ... as PLSGD does, not after steps 1, J+1, ...
@@ -49,8 +51,10 @@ class TorchPeriodicAverager(PLSGD):
             self.meter.bytes += self.parameter_bytes
             self.meter.add_time(seconds, seconds)
             if not all(bool(torch.isfinite(p).all()) for p in self.parameters):
-                raise TrainingDiverged("the averaged model is not finite: a rank's loss diverged (or one was stopped "
-                                       "by --on-nan stop); lower --lr, add --warmup-epochs, or pass --on-nan skip")
+                raise TrainingDiverged(
+                    "the averaged model is not finite: a rank's loss diverged (or one was stopped "
+                    "by --on-nan stop); lower --lr, add --warmup-epochs, or pass --on-nan skip"
+                )
             buffers = [b for b in self.model.buffers() if b.is_floating_point()]
             if self.average_buffers and buffers:
                 FlatBuffer(buffers).average(self.meter)
