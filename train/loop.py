@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from dataloaders import Data
+from train.divergence import NonFiniteGuard
 from train.evaluation import evaluate
 from train.preemption import PreemptionWatch
-from train.run_state import LoopSettings, Progress
+from train.run_state import LoopSettings, Progress, checkpoint_state
 from train.sync.base import Sync, TrainingDiverged
 from utilities.amp import MixedPrecision
 from utilities.checkpoint import save_checkpoint
@@ -55,44 +56,8 @@ class Trainer:
         self.amp = MixedPrecision(settings.amp, device)
         self.train_model = sync.prepare(model, optimizer)
         self.identity = identity or {}  # what a checkpoint must match to be resumed
-        self.diverged = None  # why this rank must stop (--on-nan stop), until every rank knows
-        # --on-nan skip leaves a skipped step without trace, BatchNorm statistics included.
-        buffers = [b for b in model.buffers() if b.is_floating_point()]
-        self.skip_restores = buffers if settings.on_nan == "skip" else []
+        self.guard = NonFiniteGuard(model, sync, settings.on_nan, scales_gradients=self.amp.scaler is not None)
         self.preemption = preemption  # stops all ranks together on SIGTERM/SIGUSR1
-
-    # ----- checkpoints ---------------------------------------------------------------------------
-    def checkpoint_state(self) -> dict:
-        return {
-            "identity": self.identity,
-            "progress": {
-                **vars(self.progress),
-                "rows": list(self.progress.rows),
-                "epoch_partial": dict(self.progress.epoch_partial),
-            },
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "sync": self.sync.state_dict(),
-            "meter": self.meter.state_dict(),
-            "amp": self.amp.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-        }
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sync.load_state_dict(state["sync"])
-        self.meter.load_state_dict(state["meter"])
-        self.amp.load_state_dict(state.get("amp", {}))
-        self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
 
     # ----- training ------------------------------------------------------------------------------
     def finished_steps(self) -> bool:
@@ -102,7 +67,7 @@ class Trainer:
         """One optimizer step, accumulating gradients over the micro-batches; returns (loss sum, correct)."""
         micro_inputs = inputs.tensor_split(self.settings.micro_batches)
         micro_targets = targets.tensor_split(self.settings.micro_batches)
-        buffers_before = [b.clone() for b in self.skip_restores]
+        buffers_before = self.guard.snapshot()
         loss_sum, correct = 0.0, 0
         for index, (x, y) in enumerate(zip(micro_inputs, micro_targets)):
             last = index == len(micro_inputs) - 1
@@ -115,12 +80,10 @@ class Trainer:
             loss_sum = loss_sum + loss.detach() * len(y)
             correct = correct + (logits.detach().argmax(dim=1) == y).sum()
         self.sync.before_step(self.progress.step)
-        finite = self.update_is_finite(loss_sum)
-        if finite:
+        if self.guard.update_is_finite(loss_sum, self.progress.step, self.optimizer.param_groups[0]["lr"]):
             self.amp.step(self.optimizer)
         else:  # the sync hooks still run, so every rank makes the same collectives
-            if buffers_before:
-                torch._foreach_copy_(self.skip_restores, buffers_before)
+            self.guard.undo(buffers_before)
             self.progress.skipped_steps += 1
             loss_sum, correct = torch.zeros_like(loss_sum), torch.zeros_like(correct)
         # Before the scheduler (SlowMo needs this step's LR) and before the gradients go (torch's
@@ -136,33 +99,6 @@ class Trainer:
         if self.settings.check_replicas and self.sync.replicas_agree_now() and not replicas_identical(self.model):
             raise ReplicasDiffer(f"ranks hold different models right after the sync of step {self.progress.step}")
         return loss_sum, correct
-
-    def update_is_finite(self, loss_sum: torch.Tensor) -> bool:
-        """Whether this step's update is taken (--on-nan). Every rank must decide alike: where the
-        gradients were averaged, on them (a NaN on one rank reached all); otherwise on the local loss,
-        and a rank that must stop poisons its model so the next averaging round stops every rank
-        (train.sync.averaging), with the epoch's metrics reduction as the latest meeting point."""
-        step = self.progress.step
-        # fp16 gradients are scaled and may overflow: the GradScaler skips those steps itself.
-        if self.sync.gradients_shared(step) and self.amp.scaler is None:
-            gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
-            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(gradients)).sum()))
-        else:
-            finite = bool(torch.isfinite(loss_sum))
-        if finite or self.settings.on_nan != "stop":
-            return finite
-        lr = self.optimizer.param_groups[0]["lr"]
-        reason = (
-            f"loss is not finite at step {step} (lr {lr:.4g}); lower --lr, add --warmup-epochs, or pass --on-nan skip"
-        )
-        if self.sync.gradients_shared(step) or world_size() == 1:
-            raise TrainingDiverged(reason)
-        if self.diverged is None:
-            self.diverged = reason
-            with torch.no_grad():
-                for parameter in self.model.parameters():
-                    parameter.fill_(math.nan)
-        return False
 
     def train_epoch(self, epoch: int) -> dict:
         self.train_model.train()
@@ -209,15 +145,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        total_loss, total_correct, total_images, diverged_ranks = all_reduce_sum(
-            [loss_sum.item(), correct.item(), images, self.diverged is not None], self.device
+        total_loss, total_correct, total_images, stopped_ranks = all_reduce_sum(
+            [loss_sum.item(), correct.item(), images, self.guard.reason is not None], self.device
         )
-        if diverged_ranks:  # before any evaluation or checkpoint of a poisoned model
-            raise TrainingDiverged(
-                self.diverged
-                or f"{diverged_ranks:.0f} other rank(s) stopped: their loss is not "
-                f"finite; lower --lr, add --warmup-epochs, or pass --on-nan skip"
-            )
+        self.guard.check_epoch(stopped_ranks)
         return {
             "train_loss": total_loss / max(total_images, 1),
             "train_accuracy": total_correct / max(total_images, 1),
@@ -280,7 +211,7 @@ class Trainer:
             comm_before = comm
             self.log_epoch(row)
             save_checkpoint(
-                self.checkpoint_state(), self.files.checkpoints, epoch + 1, self.settings.keep_checkpoints, self.rank
+                checkpoint_state(self), self.files.checkpoints, epoch + 1, self.settings.keep_checkpoints, self.rank
             )
             if self.finished_steps():
                 break
@@ -302,7 +233,7 @@ class Trainer:
         if epoch_partial is not None:
             self.progress.epoch_partial = epoch_partial
             save_checkpoint(
-                self.checkpoint_state(),
+                checkpoint_state(self),
                 self.files.checkpoints,
                 self.progress.epoch,
                 self.settings.keep_checkpoints,

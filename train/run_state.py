@@ -1,8 +1,10 @@
-"""What the loop is told (LoopSettings) and where a run stands (Progress, saved in every checkpoint)."""
+"""What the loop is told (LoopSettings), where a run stands (Progress), and the state a checkpoint holds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass
@@ -32,3 +34,38 @@ class Progress:
     rows: list = field(default_factory=list)  # metrics.jsonl so far, restored exactly on resume
     # Set only in a mid-epoch (preemption) checkpoint: steps done in epoch ``epoch`` and the tallies of its row.
     epoch_partial: dict = field(default_factory=dict)
+
+
+def checkpoint_state(trainer) -> dict:
+    """Everything an exact resume needs (train.loop.Trainer's state); tensors and plain values only."""
+    return {
+        "identity": trainer.identity,
+        "progress": {
+            **vars(trainer.progress),
+            "rows": list(trainer.progress.rows),
+            "epoch_partial": dict(trainer.progress.epoch_partial),
+        },
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "sync": trainer.sync.state_dict(),
+        "meter": trainer.meter.state_dict(),
+        "amp": trainer.amp.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
+
+
+def load_checkpoint_state(trainer, state: dict) -> None:
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.sync.load_state_dict(state["sync"])
+    trainer.meter.load_state_dict(state["meter"])
+    trainer.amp.load_state_dict(state.get("amp", {}))
+    trainer.progress = Progress(**state["progress"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])

@@ -13,6 +13,7 @@ import os
 
 import yaml
 
+from train.run_state import load_checkpoint_state
 from utilities.checkpoint import CheckpointError
 from utilities.config import ConfigError
 
@@ -93,7 +94,7 @@ def load_with_changes(trainer, state: dict, changes: dict, schedule) -> None:
         state["optimizer"] = optimizer.state_dict()
     if "local_steps" in changes and "local_steps" in fresh_sync and "controller" not in fresh_sync:
         state["sync"]["local_steps"] = fresh_sync["local_steps"]
-    trainer.load_checkpoint_state(state)
+    load_checkpoint_state(trainer, state)
     if not changes:
         return
     lr = schedule.lr_at(trainer.progress.step)

@@ -14,6 +14,7 @@ same new point ``reference + mean change`` from the same reduced message.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import NamedTuple, Optional
 
@@ -22,7 +23,7 @@ import torch.distributed as dist
 
 from train.sync.base import TrainingDiverged
 from train.sync.flat_buffer import FlatBuffer
-from utilities.distributed import CommMeter
+from utilities.distributed import CommMeter, is_distributed, world_size
 
 WIRE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -154,3 +155,40 @@ class _FinishedWork:
 
     def is_completed(self) -> bool:
         return True
+
+
+def averaging_options(config) -> dict:
+    """The averaging settings every local method shares."""
+    hierarchy = tuple(config.hierarchy) if config.hierarchy else None
+    ranks_per_node = (
+        config.ranks_per_node
+        or int(os.environ.get("LOCAL_WORLD_SIZE", 0))
+        or int(os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+    )
+    if hierarchy is not None and ranks_per_node < 1:
+        raise ValueError("--hierarchy needs to know which ranks share a node: pass --ranks-per-node")
+    if hierarchy is not None and is_distributed() and world_size() % ranks_per_node:  # before any collective
+        raise ValueError(
+            f"--hierarchy: {world_size()} ranks do not split into nodes of {ranks_per_node} "
+            f"(--ranks-per-node); give a divisor of the number of ranks"
+        )
+    return {
+        "overlap": config.overlap,
+        "sync_dtype": config.sync_dtype,
+        "hierarchy": hierarchy,
+        "ranks_per_node": ranks_per_node,
+        "overlap_steps": config.overlap_steps,
+        "fragments": config.fragments,
+    }
+
+
+def check_fragments(fragments: int, local_steps: int, hierarchy: Optional[tuple], momentum_sync: str) -> None:
+    if not 1 <= fragments <= local_steps:
+        raise ValueError(
+            f"fragments must be between 1 and local_steps ({local_steps}): one fragment begins every "
+            f"J / F steps; got {fragments}"
+        )
+    if fragments > 1 and hierarchy is not None:
+        raise ValueError("fragments cannot be combined with hierarchy")
+    if fragments > 1 and momentum_sync != "local":
+        raise ValueError("fragments keep the optimizer's momentum local: use momentum_sync local")

@@ -11,19 +11,18 @@ Post-local SGD, local SGD after a phase of mini-batch SGD, is in train.sync.post
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from train.sync.averaging import Averager
+from train.sync.averaging import Averager, averaging_options, check_fragments
 from train.sync.base import RunShape, Sync
 from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 from train.sync.fragments import StreamedFragments
 from train.sync.overlap_depth import AUTO, AutoDepth
-from utilities.distributed import CommMeter, is_distributed, world_size
+from utilities.distributed import CommMeter, is_distributed
 
 MOMENTUM_SYNC = ("local", "reset", "average")
 _MOMENTUM_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
@@ -265,40 +264,3 @@ class PLSGD(Sync):
             self.streamer.load_state_dict(state["fragments"])
         if self.auto_depth is not None and "auto_depth" in state:
             self.auto_depth.load_state_dict(state["auto_depth"])
-
-
-def averaging_options(config) -> dict:
-    """The averaging settings every local method shares."""
-    hierarchy = tuple(config.hierarchy) if config.hierarchy else None
-    ranks_per_node = (
-        config.ranks_per_node
-        or int(os.environ.get("LOCAL_WORLD_SIZE", 0))
-        or int(os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
-    )
-    if hierarchy is not None and ranks_per_node < 1:
-        raise ValueError("--hierarchy needs to know which ranks share a node: pass --ranks-per-node")
-    if hierarchy is not None and is_distributed() and world_size() % ranks_per_node:  # before any collective
-        raise ValueError(
-            f"--hierarchy: {world_size()} ranks do not split into nodes of {ranks_per_node} "
-            f"(--ranks-per-node); give a divisor of the number of ranks"
-        )
-    return {
-        "overlap": config.overlap,
-        "sync_dtype": config.sync_dtype,
-        "hierarchy": hierarchy,
-        "ranks_per_node": ranks_per_node,
-        "overlap_steps": config.overlap_steps,
-        "fragments": config.fragments,
-    }
-
-
-def check_fragments(fragments: int, local_steps: int, hierarchy: Optional[tuple], momentum_sync: str) -> None:
-    if not 1 <= fragments <= local_steps:
-        raise ValueError(
-            f"fragments must be between 1 and local_steps ({local_steps}): one fragment begins every "
-            f"J / F steps; got {fragments}"
-        )
-    if fragments > 1 and hierarchy is not None:
-        raise ValueError("fragments cannot be combined with hierarchy")
-    if fragments > 1 and momentum_sync != "local":
-        raise ValueError("fragments keep the optimizer's momentum local: use momentum_sync local")
