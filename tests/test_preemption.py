@@ -39,6 +39,7 @@ TIMING_FIELDS = {
     "train_seconds",
     "wall_seconds",
     "comm_seconds",
+    "comm_inflight_seconds",
     "epoch_comm_seconds",
     "compute_seconds",
 }
