@@ -184,3 +184,36 @@ def test_adaptive_j_every_rank_follows_rank_0(ranks):
     # Rank 0's loss rises (halve), rank 1's falls slowly (it alone would double): all ranks halve.
     losses = [[1.0, 1.1], [1.0, 0.999]]
     assert comm.run(adaptive_decision, [tiny_model() for _ in range(2)], losses) == [[8, 4], [8, 4]]
+
+
+def _adam_steps_after_reset(rank, world_size, models):
+    model = models[rank]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sync = PLSGD(CommMeter(), 2, momentum_sync="reset")
+    train_steps(sync, model, optimizer, rank, 2)  # one round: moments zeroed, and their step counts too
+    return [state["step"].item() for state in optimizer.state.values()], [
+        state["exp_avg"].abs().sum().item() for state in optimizer.state.values()
+    ]
+
+
+def test_momentum_reset_restarts_adams_bias_correction(ranks):
+    """Zeroed moments with the old step count would make the next update about 3x too large."""
+    models = [tiny_model() for _ in range(2)]
+    for steps, moments in ranks(2).run(_adam_steps_after_reset, models):
+        assert steps and all(step == 0 for step in steps)
+        assert all(moment == 0 for moment in moments)
+
+
+def _post_local_reference(rank, world_size, models):
+    from train.sync.post_local import PostLocalSGD
+
+    model = models[rank]
+    sync = PostLocalSGD(CommMeter(), 2, switch_step=3, sync_dtype="bf16")
+    train_steps(sync, model, torch.optim.SGD(model.parameters(), lr=0.1), rank, 3)  # the synchronous phase only
+    return torch.equal(sync.averager.reference, sync.state.gather()), sync.averager.error.abs().sum().item()
+
+
+def test_post_local_sgd_sends_reduced_precision_changes_from_the_switch_point(ranks):
+    models = [tiny_model() for _ in range(2)]
+    for reference_is_switch_point, carried_error in ranks(2).run(_post_local_reference, models):
+        assert reference_is_switch_point and carried_error == 0
