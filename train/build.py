@@ -39,8 +39,6 @@ def check_type_flags(config: Config) -> None:
         raise ConfigError(f"--dirichlet-alpha (non-iid shards) is not available for {worker_types}; use iid shards")
     if config.amp != "off" and in_workers:
         raise ConfigError(f"--amp is not available for {worker_types} (their workers train in fp32); use --amp off")
-    if config.workers_per_node > 1 and not in_workers:
-        raise ConfigError(f"--workers-per-node is for --training-type {worker_types.replace('/', ' or ')}")
 
 
 @contextlib.contextmanager

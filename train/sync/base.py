@@ -37,8 +37,8 @@ class Sync:
     # names; a type-specific field set for a type that does not list it is reported (train.sync.options).
     OPTIONS: tuple = ()
     # Fields this type cannot honour: setting one is an error, not a warning (it would change the meaning).
-    REFUSED_OPTIONS: tuple = ()
-    refusal_hint = ""  # why, and what to do instead, for the error about a refused field
+    REFUSED_OPTIONS: tuple = ("workers_per_node",)  # worker processes exist only where a type trains in them
+    refusal_hint = "worker processes are for LAPSGD and LPPSGD"  # why, and what to do, for a refused field
     # True when the training happens in worker processes sharing the model (no per-rank data hooks, fp32).
     trains_in_workers = False
     # Inner optimizer and LR this type defaults to when --optimizer is not given (None: the config's).

@@ -42,7 +42,15 @@ def elastic_round(local: torch.Tensor, center: torch.Tensor, mean: torch.Tensor,
 class EASGD(Sync):
     OPTIONS = ("local_steps", "elastic_alpha")
     # These change what a round means; EASGD's round is always blocking, fp32 and global.
-    REFUSED_OPTIONS = ("overlap", "sync_dtype", "hierarchy", "momentum_sync", "average_buffers", "fragments")
+    REFUSED_OPTIONS = (
+        *Sync.REFUSED_OPTIONS,
+        "overlap",
+        "sync_dtype",
+        "hierarchy",
+        "momentum_sync",
+        "average_buffers",
+        "fragments",
+    )
     refusal_hint = "its elastic round is blocking, fp32, over all ranks, and moves BatchNorm statistics too"
 
     def __init__(self, meter: CommMeter, local_steps: int, elastic_alpha: float = 0.0, ranks: int = 1):

@@ -9,7 +9,7 @@ import torch
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
 from train.sync.averaging import Averager
-from train.sync.base import TrainingDiverged
+from train.sync.base import Sync, TrainingDiverged
 from train.sync.flat_buffer import FlatBuffer, floating_state
 from train.sync.plsgd import PLSGD
 from utilities.distributed import is_distributed
@@ -21,7 +21,7 @@ class TorchPeriodicAverager(PLSGD):
     statistics; they are averaged here as in PLSGD, so only the parameter path differs."""
 
     OPTIONS = ("local_steps", "average_buffers", "momentum_sync")
-    REFUSED_OPTIONS = ("overlap", "sync_dtype", "hierarchy", "fragments")
+    REFUSED_OPTIONS = (*Sync.REFUSED_OPTIONS, "overlap", "sync_dtype", "hierarchy", "fragments")
     refusal_hint = "it runs torch's blocking fp32 averager; use --training-type PLSGD for these"
 
     def prepare(self, model, optimizer):
