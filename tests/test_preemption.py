@@ -117,7 +117,8 @@ def mid_epoch_files(output_dir: Path) -> list:
     [
         ("MBSGD", [], signal.SIGTERM),
         # J=5 with --overlap: the stop (a multiple of 10 steps) falls on a round just begun, still in flight.
-        ("PLSGD", ["--local-steps", "5", "--overlap"], signal.SIGUSR1),
+        # A fixed depth: the automatic one follows measured times, so no two runs need to take the same steps.
+        ("PLSGD", ["--local-steps", "5", "--overlap", "--overlap-steps", "1"], signal.SIGUSR1),
     ],
 )
 def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resume_is_bit_identical(

@@ -40,6 +40,7 @@ POLL_SECONDS = 0.002  # how often the averager looks at the node's step counter
 class LAPSGD(Sync):
     # Also reads the optimizer settings (--optimizer, --lr, ...) every type uses: its workers build their own.
     OPTIONS = ("local_steps", "workers_per_node", "average_buffers", "switch_epoch")
+    REFUSED_OPTIONS = ()
     trains_in_workers = True
 
     def __init__(
