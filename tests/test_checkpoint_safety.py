@@ -68,7 +68,10 @@ def lines_starting(text: str, prefix: str) -> list:
 
 def no_rank_traceback(stderr: str) -> bool:
     """No traceback through this project's code (torchrun's agent prints its own for a failed rank)."""
-    return f'File "{REPO}' not in stderr
+    project_frames = [
+        line for line in stderr.splitlines() if f'File "{REPO}/' in line and f'File "{REPO}/.venv/' not in line
+    ]
+    return not project_frames
 
 
 @pytest.fixture(scope="module")
