@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # One valid value per field that differs from its default; the keys must be exactly the
 # fields, so a new field without a test here fails test_every_field_has_a_test_value.
 NON_DEFAULT = {
-    "training_type": "SlowMo",
+    "training_type": "LAPSGD",  # the type that accepts every field below (workers_per_node included)
     "dataset": "mnist",
     "data_dir": "/somewhere/data",
     "download": False,
@@ -107,6 +107,10 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
+# Fields only some training types accept: set together with one of those.
+COMPANIONS = {"workers_per_node": ["--training-type", "LAPSGD"]}
+
+
 def cli_args(name, value):
     """The command-line words that set field ``name`` to ``value``."""
     if isinstance(value, bool):
@@ -153,7 +157,7 @@ def test_every_field_has_a_test_value():
 
 @pytest.mark.parametrize("name", sorted(NON_DEFAULT))
 def test_every_field_settable_from_command_line(name):
-    config = parse_config(cli_args(name, NON_DEFAULT[name]))
+    config = parse_config([*cli_args(name, NON_DEFAULT[name]), *COMPANIONS.get(name, [])])
     assert getattr(config, name) == NON_DEFAULT[name]
     assert type(getattr(config, name)) is type(NON_DEFAULT[name])
 
@@ -161,7 +165,7 @@ def test_every_field_settable_from_command_line(name):
 @pytest.mark.parametrize("name", sorted(NON_DEFAULT))
 def test_every_field_settable_from_yaml(name, tmp_path):
     path = write_yaml(tmp_path, {name: NON_DEFAULT[name]})
-    config = parse_config(["--config", path])
+    config = parse_config(["--config", path, *COMPANIONS.get(name, [])])
     assert getattr(config, name) == NON_DEFAULT[name]
     assert type(getattr(config, name)) is type(NON_DEFAULT[name])
 
