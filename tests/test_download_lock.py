@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-import torchvision.datasets  # imported once here, inherited by the forked ranks
+import torchvision.datasets
 
 from dataloaders import DataError, load_raw
 
@@ -45,7 +45,9 @@ def load_as_local_rank(local_rank: int, data_dir: str, start_after: float, resul
 
 
 def run_ranks(data_dir, starts: dict) -> tuple:
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: by now the test process has threads (torch, earlier tests), and a fork can copy a lock
+    # one of them held, so the child hangs.
+    context = multiprocessing.get_context("spawn")
     results = context.Manager().dict()
     processes = [
         context.Process(target=load_as_local_rank, args=(rank, str(data_dir), delay, results))
