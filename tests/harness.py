@@ -50,6 +50,23 @@ TINY = [
 ]
 
 
+# Figures that measure time: they differ between two runs that compute the same thing.
+TIMING_FIELDS = {
+    "images_per_second",
+    "train_seconds",
+    "wall_seconds",
+    "comm_seconds",
+    "epoch_comm_seconds",
+    "comm_inflight_seconds",
+    "compute_seconds",
+}
+
+
+def without_timings(rows: list) -> list:
+    """metrics.jsonl rows without their timings, for comparing two runs of the same computation."""
+    return [{key: value for key, value in row.items() if key not in TIMING_FIELDS} for row in rows]
+
+
 def child_env() -> dict:
     return child_environment(OMP_NUM_THREADS="1")
 

@@ -9,24 +9,11 @@ import math
 import pytest
 import torch
 
-from tests.harness import check_ok, metrics, run_main, summary
+from tests.harness import LEARN_ARGS, check_ok, metrics, run_main, summary
 from utilities.amp import MixedPrecision
 
 # MLP: bf16 matrix products run on any CPU; 2 epochs of 112 steps.
-LEARN = [
-    "--dataset",
-    "synthetic",
-    "--synthetic-size",
-    "4000",
-    "--model",
-    "mlp",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "2",
-    "--log-every",
-    "1000",
-]
+LEARN = LEARN_ARGS
 
 
 def test_off_leaves_precision_and_steps_plainly():

@@ -2,22 +2,19 @@
 
 import pytest
 
-from tests.harness import SHARED_DATA, TINY, check_ok, final_model, max_difference, metrics, run_main, summary
+from tests.harness import (
+    LEARN_ARGS,
+    SHARED_DATA,
+    TINY,
+    check_ok,
+    final_model,
+    max_difference,
+    metrics,
+    run_main,
+    summary,
+)
 
-LEARN = [
-    "--dataset",
-    "synthetic",
-    "--synthetic-size",
-    "4000",
-    "--model",
-    "mlp",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "2",
-    "--log-every",
-    "1000",
-]
+LEARN = LEARN_ARGS
 METRIC_FIELDS = {
     "epoch",
     "step",

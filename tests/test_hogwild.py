@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from dataloaders import build_data
 from models import build_model
-from tests.harness import check_ok, metrics, run_main, spawn_ranks, summary
+from tests.harness import LEARN_ARGS, check_ok, metrics, run_main, spawn_ranks, summary
 from train.schedules import Schedule
 from train.sync.hogwild import LAPSGD
 from train.sync.hogwild_worker import hogwild_step
@@ -84,24 +84,7 @@ def test_workers_keep_training_while_an_averaging_round_is_in_flight():
         assert identical
 
 
-LEARN = [
-    "--dataset",
-    "synthetic",
-    "--synthetic-size",
-    "4000",
-    "--model",
-    "mlp",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "2",
-    "--log-every",
-    "1000",
-    "--workers-per-node",
-    "2",
-    "--local-steps",
-    "4",
-]
+LEARN = [*LEARN_ARGS, "--workers-per-node", "2", "--local-steps", "4"]
 
 
 @pytest.mark.parametrize("training_type", ["LAPSGD", "LPPSGD"])

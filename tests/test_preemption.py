@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.harness import REPO, check_ok, child_env, final_model, free_port, metrics, run_main
+from tests.harness import REPO, check_ok, child_env, final_model, free_port, metrics, run_main, without_timings
 from train.preemption import PREEMPTED_EXIT_CODE
 from utilities.checkpoint import load_checkpoint
 
@@ -34,19 +34,6 @@ RUN = [
     "60",
 ]
 IN_EPOCH_2 = "epoch 2/2 step 20/"  # rank 0's progress line: epoch 2 has begun, well before its end
-TIMING_FIELDS = {
-    "images_per_second",
-    "train_seconds",
-    "wall_seconds",
-    "comm_seconds",
-    "comm_inflight_seconds",
-    "epoch_comm_seconds",
-    "compute_seconds",
-}
-
-
-def without_timings(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
 
 
 def wait_for(condition, processes, what: str, timeout: float = 180) -> None:

@@ -9,7 +9,18 @@ import time
 import pytest
 import torch
 
-from tests.harness import REPO, TINY, check_ok, child_env, final_model, free_port, metrics, run_main, summary
+from tests.harness import (
+    REPO,
+    TINY,
+    check_ok,
+    child_env,
+    final_model,
+    free_port,
+    metrics,
+    run_main,
+    summary,
+    without_timings,
+)
 from utilities.checkpoint import load_checkpoint
 
 SMALL = [
@@ -25,19 +36,6 @@ SMALL = [
     "1000",
     "--deterministic",
 ]
-TIMING_FIELDS = {
-    "images_per_second",
-    "train_seconds",
-    "wall_seconds",
-    "comm_seconds",
-    "epoch_comm_seconds",
-    "comm_inflight_seconds",
-    "compute_seconds",
-}
-
-
-def without_timings(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
 
 
 @pytest.mark.parametrize(
