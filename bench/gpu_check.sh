@@ -64,12 +64,12 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 export PYTHONUNBUFFERED=1
 if [ "$device" = cuda ]; then
-    local_args=(--types MBSGD PLSGD PostLocalSGD SlowMo DiLoCo AdaptiveJ LAPSGD LPPSGD TorchPeriodicAverager
-                --dataset synthetic --synthetic-size 8000 --model resnet20 --epochs 2 --batch-size 64
+    local_args=(--types MBSGD PLSGD PostLocalSGD SlowMo DiLoCo AdaptiveJ LAPSGD LPPSGD TorchPeriodicAverager EASGD
+                --dataset synthetic --synthetic-size 6000 --model resnet20 --epochs 2 --batch-size 64
                 --local-steps 8 --switch-epoch 1)
     bench_args=()
     gpu_tests=tests
-    limits=(220 220 150)
+    limits=(180 200 130)
 else  # dry run: the same commands on sizes a shared 2-core machine runs in well under a minute
     local_args=(--types PLSGD --dataset synthetic --synthetic-size 400 --model mlp --epochs 1 --batch-size 32
                 --local-steps 2)
@@ -77,6 +77,11 @@ else  # dry run: the same commands on sizes a shared 2-core machine runs in well
     gpu_tests=tests/test_gpu.py  # collecting the whole suite only to skip it would double this step
     limits=(60 60 60)
 fi
+
+# The gpu tests are a dozen short main.py runs: side by side where pytest-xdist is installed (GPU images
+# usually carry it), so the step fits its limit.
+parallel=()
+"$python" -c "import xdist" 2>/dev/null && [ "$device" = cuda ] && parallel=(-n 6)
 
 failed=0
 run_step() {  # name, time limit (s), command...
@@ -93,7 +98,7 @@ run_step() {  # name, time limit (s), command...
     fi
 }
 
-run_step "gpu tests" "${limits[0]}" "$python" -m pytest -q -rs -m gpu "$gpu_tests"
+run_step "gpu tests" "${limits[0]}" "$python" -m pytest -q -rs "${parallel[@]}" -m gpu "$gpu_tests"
 run_step "local methods, 2 ranks on one device over Gloo" "${limits[1]}" "$python" bench/local_methods.py --ranks 2 \
     "${local_args[@]}" --extra "--device $device --backend gloo --check-replicas" \
     --runs-dir "$out/local_methods" --rerun --out "$out/local_methods.md"

@@ -33,7 +33,7 @@ from bench.common import (  # noqa: E402
 )
 
 TYPES = ("MBSGD", "PLSGD", "PostLocalSGD", "SlowMo", "DiLoCo", "AdaptiveJ")
-OTHER_TYPES = ("LAPSGD", "LPPSGD", "TorchPeriodicAverager")  # on request: --types ... LAPSGD
+OTHER_TYPES = ("LAPSGD", "LPPSGD", "TorchPeriodicAverager", "EASGD")  # on request: --types ... LAPSGD
 HEADERS = [
     "training type",
     "J",
