@@ -66,6 +66,22 @@ grid:
     sweep.check_settings(runs)  # every run parses as main.py would parse it
 
 
+def test_null_in_a_linked_value_leaves_the_setting_out_of_that_run(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        """
+name: rows
+base: {dataset: synthetic, model: mlp, local_steps: 4}
+grid:
+  "training_type,local_steps,optimizer": [[MBSGD, null, adamw], [PLSGD, 8, null]]
+""",
+    )
+    runs = sweep.expand(sweep.load_sweep(path, str(tmp_path / "runs")))
+    assert [run.name for run in runs] == ["training_type=MBSGD,optimizer=adamw", "training_type=PLSGD,local_steps=8"]
+    assert runs[0].settings["local_steps"] == 4 and "optimizer" not in runs[1].settings
+    sweep.check_settings(runs)
+
+
 def test_ranks_in_the_grid_choose_the_launcher(tmp_path):
     runs = sweep.expand(sweep.load_sweep(SMOKE, str(tmp_path)))
     assert [run.name for run in runs] == SMOKE_RUNS

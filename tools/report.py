@@ -6,7 +6,9 @@
 Every folder under the given paths that holds summary.json is a run (config.yaml and
 metrics.jsonl are read next to it). Writes ``report.md`` (one table row per run, sorted by
 method, K, J) and ``accuracy_vs_epoch.png``, ``accuracy_vs_rounds.png``,
-``accuracy_vs_wall_time.png`` and, when some run adapts J, ``local_steps.png``. A run with a
+``accuracy_vs_wall_time.png`` and, when some run adapts J, ``local_steps.png``. Runs that differ
+only in their seed form a seed group (tools/report_groups.py): a second table of means ± std over
+the seeds and ``accuracy_vs_megabytes.png``, the communication/accuracy frontier. A run with a
 missing or unreadable file is skipped with a warning line.
 """
 
@@ -15,10 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 
 import yaml
+
+from tools.report_groups import seed_group_lines
 
 TABLE_COLUMNS = (
     "run",
@@ -31,6 +36,7 @@ TABLE_COLUMNS = (
     "MB sent per rank",
     "comm reduction %",
     "wall time s",
+    "images/s",
 )
 # (file, metrics key on the x axis, axis label); y is always the test accuracy of the epoch.
 ACCURACY_PLOTS = (
@@ -108,6 +114,11 @@ def _percent(value) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
+def _images_per_second(value) -> str:
+    """Blank when not recorded or NaN (a run that trained no step)."""
+    return f"{value:.0f}" if isinstance(value, (int, float)) and math.isfinite(value) else ""
+
+
 def table_row(run: RunRecord) -> list:
     summary = run.summary
     comm_bytes = summary.get("comm_bytes")
@@ -122,6 +133,7 @@ def table_row(run: RunRecord) -> list:
         "" if comm_bytes is None else f"{comm_bytes / 1e6:.1f}",
         _percent(summary.get("comm_reduction")),
         f"{summary.get('wall_seconds', 0):.1f}",
+        _images_per_second(summary.get("images_per_second")),
     ]
 
 
@@ -177,6 +189,9 @@ def write_report(runs: list, out: str) -> str:
         "to collectives / 1e6; comm reduction = 1 - rounds / rounds of synchronous SGD for the same steps.",
         "",
         markdown_table(runs),
+        "",
+        *seed_group_lines(runs, out),
+        "## Plots per run",
         "",
     ]
     for name, x_key, x_label in ACCURACY_PLOTS:

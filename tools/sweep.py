@@ -15,6 +15,7 @@ A sweep file:
       local_steps: [8, 32]
       ranks: [2, 4]                      # ranks of the run (or launch: {ranks: K} for all runs)
       "optimizer,lr": [[lars, 0.3], [lamb, 0.002]]   # linked settings: these vary together
+      "training_type,local_steps": [[MBSGD, null], [PLSGD, 8]]   # null: not set in that run
 
 Every run gets a folder named from its grid values (``training_type=PLSGD,local_steps=8,ranks=2``)
 holding ``sweep_config.yaml``, the merged settings main.py reads with ``--config``, and

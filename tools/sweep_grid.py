@@ -145,8 +145,13 @@ def expand(sweep: Sweep) -> list:
     """One Run per point of the grid's Cartesian product, in grid order (the last key varies fastest)."""
     runs, seen = [], set()
     for point in itertools.product(*(values for _, values in sweep.grid)):
+        # A null in a linked value leaves that setting out of this run (base or default), so one linked key
+        # can list unlike rows: [MBSGD, null] next to [PLSGD, 8] for "training_type,local_steps".
         grid_values = {
-            name: value for (names, _), values in zip(sweep.grid, point) for name, value in zip(names, values)
+            name: value
+            for (names, _), values in zip(sweep.grid, point)
+            for name, value in zip(names, values)
+            if value is not None
         }
         name = ",".join(f"{key}={folder_value(value)}" for key, value in grid_values.items())
         if name in seen:
