@@ -131,8 +131,9 @@ def run_pair(run_dir: Path, link: str, args: list, master_port: int, timeout_s: 
     return load_summary(run_dir)
 
 
-def run_ranks(run_dir: Path, args: list, master_port: int, timeout_s: float) -> tuple:
-    """Both ranks to the end or the time limit: exit codes (-9: killed), last lines of their logs, timed out?"""
+def run_ranks(run_dir: Path, args: list, master_port: int, timeout_s: float, stop_when=None) -> tuple:
+    """Both ranks to the end, the time limit or until ``stop_when()`` is true (then both are killed): exit codes
+    (-9: killed), last lines of their logs, timed out?"""
     command = [sys.executable, str(REPO / "main.py"), *args, "--output-dir", str(run_dir.resolve()), "--overwrite"]
     ranks, logs = [], [run_dir / f"bench_log_rank{rank}.txt" for rank in (0, 1)]
     try:
@@ -151,7 +152,7 @@ def run_ranks(run_dir: Path, args: list, master_port: int, timeout_s: float) -> 
                 log.write(shlex.join(command) + "\n")
                 log.flush()
                 ranks.append(in_namespace(rank, command, env=environment, stdout=log, stderr=subprocess.STDOUT))
-        timed_out = wait_for_ranks(ranks, time.monotonic() + timeout_s)
+        timed_out = wait_for_ranks(ranks, time.monotonic() + timeout_s, stop_when)
     finally:
         for process in ranks:
             kill(process)
@@ -159,10 +160,13 @@ def run_ranks(run_dir: Path, args: list, master_port: int, timeout_s: float) -> 
     return exit_codes, ["\n".join(log.read_text().splitlines()[-15:]) for log in logs], timed_out
 
 
-def wait_for_ranks(ranks: list, deadline: float) -> bool:
-    """Wait until both ranks exit, or one fails and the other had KILL_GRACE_S to follow; True if time ran out."""
+def wait_for_ranks(ranks: list, deadline: float, stop_when=None) -> bool:
+    """Wait until both ranks exit, or one fails and the other had KILL_GRACE_S to follow, or ``stop_when()``;
+    True if time ran out."""
     failed = False
     while time.monotonic() < deadline:
+        if stop_when is not None and stop_when():
+            return False
         codes = [process.poll() for process in ranks]
         if all(code is not None for code in codes):
             return False

@@ -6,16 +6,17 @@ seconds each needed to first reach a test accuracy.
 
 Each chosen run (a sweep run whose folder name contains an --only pattern, exactly one per pattern) is one
 main.py run with rank 0 in network namespace dtbench0 and rank 1 in dtbench1, joined by bench/two_hosts.sh's
-link shaped to --rate (see bench/network_bench.py), with the sweep's settings unchanged. Time to accuracy is
-the run's wall-clock seconds (training, averaging and evaluation; start-up excluded) at the end of the first
-epoch whose test accuracy reaches --target, so it is resolved to epochs. Runs land in
-<runs-dir>/<rate>/<run name>/ and are reused when made with the same link and arguments, unless --rerun.
-Needs root.
+link shaped to --rate (see bench/network_bench.py), with the sweep's settings unchanged (the same epoch budget and
+LR schedule as in the sweep). Time to accuracy is the run's wall-clock seconds (training, averaging and
+evaluation; start-up excluded) at the end of the first epoch whose test accuracy reaches --target, so it is
+resolved to epochs; the run is stopped there. Runs land in <runs-dir>/<rate>/<run name>/; a result made with the
+same link, target and settings is reused unless --rerun. Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -23,18 +24,19 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import RunFailed, emit, fail, header_line, load_metrics, markdown_table
-from bench.emulated_hosts import NAMESPACES, TWO_HOSTS, measure_link, run_pair, two_hosts
-from tools.sweep_grid import SweepError, expand, load_sweep, select
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+
+from bench.common import RunFailed, emit, fail, header_line, load_metrics, markdown_table  # noqa: E402
+from bench.emulated_hosts import NAMESPACES, TWO_HOSTS, measure_link, run_ranks, two_hosts  # noqa: E402
+from tools.sweep_grid import SweepError, expand, load_sweep, select  # noqa: E402
 
 HEADERS = [
     "run",
     "epochs to target",
     "seconds to target",
     "test accuracy per epoch (%)",
-    "final test accuracy (%)",
-    "MB sent per rank",
-    "wall seconds (all epochs)",
+    "MB sent per rank (to target)",
+    "rounds (to target)",
 ]
 FIRST_MASTER_PORT = 29700
 
@@ -67,25 +69,55 @@ def chosen_runs(arguments: argparse.Namespace) -> list:
     return chosen
 
 
+def reached_target(run_dir: Path, target: float):
+    """The first metrics row whose test accuracy reaches ``target``, or None (also while nothing is written)."""
+    try:
+        rows = load_metrics(run_dir)
+    except (OSError, ValueError):  # not written yet, or a line half written
+        return None
+    return next((row for row in rows if (row.get("test_accuracy") or 0) >= target), None)
+
+
 def time_run(run, arguments: argparse.Namespace, port: int) -> list:
+    """Run ``run`` across the link until its test accuracy reaches the target (then both ranks are stopped: the
+    rest of its epochs would not change the answer) or it ends; its table row."""
     run_dir = Path(arguments.runs_dir) / arguments.rate / run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    result_file = run_dir / "time_to_accuracy.json"
     settings = {key: value for key, value in run.settings.items() if key not in ("output_dir", "resume")}
+    record = {"link": arguments.rate, "target": arguments.target, "settings": settings}
+    if not arguments.rerun and result_file.exists() and json.loads(result_file.read_text())["record"] == record:
+        print(f"reusing {run_dir}", file=sys.stderr)
+        return json.loads(result_file.read_text())["row"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_file.unlink(missing_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     config = run_dir.resolve() / "tta_config.yaml"
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
-    summary = run_pair(run_dir, arguments.rate, ["--config", str(config)], port, arguments.run_timeout, arguments.rerun)
+    print(f"running {run_dir} until {100 * arguments.target:.0f}% ...", file=sys.stderr, flush=True)
+    exit_codes, tails, timed_out = run_ranks(
+        run_dir,
+        ["--config", str(config)],
+        port,
+        arguments.run_timeout,
+        lambda: reached_target(run_dir, arguments.target),
+    )
+    reached = reached_target(run_dir, arguments.target)
+    if reached is None and (timed_out or any(exit_codes)):
+        both = "\n".join(f"[rank {rank}] {line}" for rank in (0, 1) for line in tails[rank].splitlines())
+        raise RunFailed(f"run {run_dir} ended (exit codes {exit_codes}) before reaching the target", both)
     rows = load_metrics(run_dir)
-    reached = next((row for row in rows if (row.get("test_accuracy") or 0) >= arguments.target), None)
+    last = rows[-1]
     curve = " ".join(f"{100 * row['test_accuracy']:.1f}" for row in rows if row.get("test_accuracy") is not None)
-    return [
+    row = [
         run.name,
-        reached["epoch"] if reached else "not reached",
+        reached["epoch"] if reached else f"not reached in {last['epoch']}",
         f"{reached['wall_seconds']:.0f}" if reached else "-",
         curve,
-        f"{100 * summary['final_test_accuracy']:.2f}",
-        f"{summary['comm_bytes'] / 1e6:.1f}",
-        f"{summary['wall_seconds']:.0f}",
+        f"{(reached or last)['comm_bytes'] / 1e6:.1f}",
+        f"{(reached or last)['comm_rounds']}",
     ]
+    result_file.write_text(json.dumps({"record": record, "row": row}) + "\n")
+    return row
 
 
 def main(argv=None) -> int:
