@@ -3,6 +3,7 @@ by the shaped link bench/two_hosts.sh makes; the link's rate measured with a TCP
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import LAUNCH_FILE, REPO, RunFailed, child_environment, failure_reason, load_summary
+from bench.common import LAUNCH_FILE, REPO, RunFailed, child_environment, fail, failure_reason, load_summary
 
 TWO_HOSTS = REPO / "bench" / "two_hosts.sh"
 NAMESPACES = ("dtbench0", "dtbench1")
@@ -21,6 +22,39 @@ VETHS = ("dtveth0", "dtveth1")
 ADDRESSES = ("10.77.0.1", "10.77.0.2")
 PROBE_PORT = 29400
 KILL_GRACE_S = 30  # how long the other rank may take to notice that its peer failed
+LOCK_FILE = "/tmp/dtbench-network.lock"  # the namespace names are fixed: one user of them at a time
+
+
+def on_two_hosts(script: str, work):
+    """Run ``work()`` (which brings the link up and runs across it) as the one user of the namespaces:
+    (exit code, its result). Needs root; the namespaces are removed at the end, on failure and on Ctrl-C
+    or SIGTERM; a failed run is reported in one line (its log tail below)."""
+    if os.geteuid() != 0:
+        print(f"error: {script} needs root (it creates network namespaces); run it with sudo", file=sys.stderr)
+        return 2, None
+    lock = open(LOCK_FILE, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"error: another network bench holds {LOCK_FILE}; the namespaces are in use", file=sys.stderr)
+        return 2, None
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+            signal.signal(signum, _raise_interrupt)
+    try:
+        return 0, work()
+    except RunFailed as error:
+        return fail(error), None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130, None
+    finally:
+        subprocess.run([str(TWO_HOSTS), "down"])
+        lock.close()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def two_hosts(*command: str) -> str:

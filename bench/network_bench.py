@@ -26,27 +26,21 @@ whose summary.json exists and was made with the same link and arguments is reuse
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
 import shlex
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
 from bench.common import (  # noqa: E402
-    RunFailed,
     add_common_arguments,
     emit,
-    fail,
     header_line,
     load_metrics,
     markdown_table,
     percent,
 )
-from bench.emulated_hosts import NAMESPACES, TWO_HOSTS, measure_link, run_pair, two_hosts  # noqa: E402
+from bench.emulated_hosts import NAMESPACES, measure_link, on_two_hosts, run_pair, two_hosts  # noqa: E402
 
 DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8,), "TorchPeriodicAverager": (8,)}
 # TYPE+VARIANT adds these main.py flags, e.g. PLSGD+overlap:8 or MBSGD+fp16.
@@ -78,7 +72,6 @@ HEADERS = [
 ]
 COMPUTE_ALONE_J = 1000000  # PLSGD with this J averages only at the end: the compute-alone reference
 FIRST_MASTER_PORT = 29500
-LOCK_FILE = "/tmp/dtbench-network.lock"
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -219,37 +212,21 @@ def bench_link(arguments: argparse.Namespace, link: str, first_port: int) -> tup
     )
 
 
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    if os.geteuid() != 0:
-        print("error: network_bench.py needs root (it creates network namespaces); run it with sudo", file=sys.stderr)
-        return 2
-    lock = open(LOCK_FILE, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"error: another network bench holds {LOCK_FILE}; the namespaces are in use", file=sys.stderr)
-        return 2
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
-            signal.signal(signum, raise_interrupt)
-    links, rows = [], []
-    try:
+
+    def every_link() -> tuple:
+        links, rows = [], []
         for index, link in enumerate(arguments.rates):
             link_line, link_rows = bench_link(arguments, link, FIRST_MASTER_PORT + 100 * index)
             links.append(link_line)
             rows += link_rows
-    except RunFailed as error:
-        return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        subprocess.run([str(TWO_HOSTS), "down"])
+        return links, rows
+
+    code, result = on_two_hosts("network_bench.py", every_link)
+    if code:
+        return code
+    links, rows = result
     steps = f", at most {arguments.max_steps} steps" if arguments.max_steps else ""
     title = (
         f"Two emulated hosts, one rank each (network namespaces + veth, tc tbf): {arguments.model} on "

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,8 +24,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-from bench.common import RunFailed, emit, fail, header_line, load_metrics, markdown_table  # noqa: E402
-from bench.emulated_hosts import NAMESPACES, TWO_HOSTS, measure_link, run_ranks, two_hosts  # noqa: E402
+from bench.common import RunFailed, emit, header_line, load_metrics, markdown_table  # noqa: E402
+from bench.emulated_hosts import NAMESPACES, measure_link, on_two_hosts, run_ranks, two_hosts  # noqa: E402
 from tools.sweep_grid import SweepError, expand, load_sweep, select  # noqa: E402
 
 HEADERS = [
@@ -127,23 +125,17 @@ def main(argv=None) -> int:
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if os.geteuid() != 0:
-        print(
-            "error: time_to_accuracy.py needs root (it creates network namespaces); run it with sudo", file=sys.stderr
-        )
-        return 2
-    try:
+
+    def on_the_link() -> tuple:
         shape = two_hosts("up", arguments.rate).removeprefix("two_hosts: up, ")
         rate = measure_link(arguments.probe_mb)
         print(f"link {arguments.rate}: {shape}; measured {rate:.1f} Mbit/s", file=sys.stderr, flush=True)
-        rows = [time_run(run, arguments, FIRST_MASTER_PORT + index) for index, run in enumerate(runs)]
-    except RunFailed as error:
-        return fail(error)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        subprocess.run([str(TWO_HOSTS), "down"])
+        return shape, rate, [time_run(run, arguments, FIRST_MASTER_PORT + index) for index, run in enumerate(runs)]
+
+    code, result = on_two_hosts("time_to_accuracy.py", on_the_link)
+    if code:
+        return code
+    shape, rate, rows = result
     emit(
         f"{header_line('time_to_accuracy', arguments)}\n\nLink `{arguments.rate}`: {shape.split(':')[0]}; measured "
         f"{rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB {NAMESPACES[0]} → {NAMESPACES[1]})\n\n"
