@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from bench.common import RunFailed, emit, header_line, load_metrics, markdown_table  # noqa: E402
 from bench.emulated_hosts import NAMESPACES, measure_link, on_two_hosts, run_ranks, two_hosts  # noqa: E402
+from tools.report import plot  # noqa: E402
 from tools.sweep_grid import SweepError, expand, load_sweep, select  # noqa: E402
 
 HEADERS = [
@@ -50,6 +52,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--probe-mb", type=int, default=50, help="MB the link probe sends")
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--plot", help="also draw test accuracy against wall-clock seconds of every run (PNG)")
     return parser.parse_args(argv)
 
 
@@ -136,6 +139,14 @@ def main(argv=None) -> int:
     if code:
         return code
     shape, rate, rows = result
+    if arguments.plot:
+        curves = [
+            types.SimpleNamespace(
+                label=run.name, metrics=load_metrics(Path(arguments.runs_dir) / arguments.rate / run.name)
+            )
+            for run in runs
+        ]
+        plot(curves, "wall_seconds", "test_accuracy", "wall-clock seconds", "test accuracy (%)", arguments.plot, 100)
     emit(
         f"{header_line('time_to_accuracy', arguments)}\n\nLink `{arguments.rate}`: {shape.split(':')[0]}; measured "
         f"{rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB {NAMESPACES[0]} → {NAMESPACES[1]})\n\n"
