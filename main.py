@@ -15,7 +15,7 @@ import os
 import sys
 
 # isort: off
-from utilities import early_signals  # noqa: F401 (first: it records stop signals during the slow imports below)
+from utilities import record_stop_signals  # noqa: F401 (first: it records stop signals during the slow imports below)
 # isort: on
 
 import torch

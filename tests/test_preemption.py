@@ -260,3 +260,37 @@ def test_lapsgd_stops_at_the_epoch_end_on_a_signal_to_the_whole_step_and_resumes
     check_ok(result)
     assert f"resuming after epoch {done}" in result.stderr
     assert [row["epoch"] for row in metrics(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_importing_the_trainers_modules_leaves_sigterm_fatal():
+    """Only main.py records stop signals: a sweep, benchmark or test that imports the trainer must still die on
+    SIGTERM (a sweep that survived `kill` kept launching runs)."""
+    probe = (
+        "import signal, sys, tools.sweep, tools.report, train.preemption, train.build, bench.network_bench; "
+        "sys.exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=child_env()).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_sweep_stops_on_sigterm_and_its_run_checkpoints(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        "name: stop\nbase: {dataset: synthetic, synthetic_size: 20000, model: mlp, epochs: 50, batch_size: 32}\n"
+        "grid:\n  seed: [1, 2]\n"
+    )
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "tools.sweep", str(sweep_file), "--runs-dir", str(tmp_path / "runs")],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert "running" in sweep.stdout.readline()  # the first run has started
+    time.sleep(8)  # into its training, past start-up
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=60) == -signal.SIGTERM
+    run_log = (tmp_path / "runs" / "seed=1" / "sweep.log").read_text()
+    assert "preempted by SIGTERM" in run_log and "checkpoint written" in run_log, run_log[-2000:]
+    assert not (tmp_path / "runs" / "seed=2").exists()  # nothing more was launched

@@ -21,7 +21,8 @@ Every run gets a folder named from its grid values (``training_type=PLSGD,local_
 holding ``sweep_config.yaml``, the merged settings main.py reads with ``--config``, and
 ``sweep.log``, the run's output. A run whose summary.json exists is skipped, so an interrupted
 sweep continues where it stopped (an unfinished run resumes from its newest checkpoint).
-A bad sweep file ends with one line on stderr and exit code 2; failed runs give exit code 1.
+A bad sweep file ends with one line on stderr and exit code 2; failed runs give exit code 1. SIGTERM stops the
+sweep: the running run checkpoints and exits 75 (resumed by the next sweep), and no further run starts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import csv
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +75,27 @@ def _last_line(path: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def wait_passing_sigterm(process: subprocess.Popen) -> int:
+    """The run's exit code. A SIGTERM to the sweep (kill, scancel) goes on to the run, which checkpoints where it
+    stands and exits 75 (the next sweep resumes it); then the sweep ends by the same signal, launching nothing
+    more."""
+    received = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        process.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
+    try:
+        code = process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return code
+
+
 def run_all(runs: list, sweep_file: str) -> list:
     """Run the runs one after another; return the names of those that failed."""
     failed = []
@@ -90,7 +113,7 @@ def run_all(runs: list, sweep_file: str) -> list:
         with open(log_path, "a") as log:
             log.write(f"$ {shlex.join(launch)}\n")
             log.flush()
-            code = subprocess.call(launch, stdout=log, stderr=subprocess.STDOUT, env=env)
+            code = wait_passing_sigterm(subprocess.Popen(launch, stdout=log, stderr=subprocess.STDOUT, env=env))
         seconds = time.perf_counter() - started
         if code == 0 and run.done():
             with open(os.path.join(run.directory, "summary.json")) as handle:
