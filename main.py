@@ -28,6 +28,7 @@ from train.sync.base import TrainingDiverged
 from train.sync.hogwild_watch import WorkerFailed
 from utilities import distributed, error_report
 from utilities.checkpoint import CheckpointError
+from utilities.comm_threads import set_comm_thread_policy
 from utilities.config import Config, ConfigError, parse_config
 from utilities.lppsgd_results import timestamped_run_dir, write_results
 from utilities.resume import resume_state
@@ -150,6 +151,7 @@ def train(config: Config) -> None:
     error_report.inputs_being_checked()
     seed_everything(config.seed, config.deterministic)
     parts = build_parts(config, launch, device)
+    set_comm_thread_policy(config.comm_thread_policy)  # after every process group (and its network thread) exists
     error_report.inputs_checked()  # every rank's inputs passed, or every rank stops here with code 2
 
     files = RunFiles(output_dir, enabled=launch.rank == 0, tensorboard=config.tensorboard)

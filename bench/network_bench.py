@@ -17,7 +17,7 @@ use --device cpu --backend gloo; --extra comes after those flags and can change 
 OMP_NUM_THREADS defaults to 1 per rank. The namespaces are removed at the end, on failure and on
 Ctrl-C or SIGTERM. Only one network bench runs at a time (the namespace names are fixed).
 
---types takes TYPE, TYPE:J or TYPE+VARIANT:J (variants: overlap [automatic depth], overlap1/3/4 [fixed depth], frag2/frag4 [streamed fragments], bf16overlap, fp16 gradients, bf16sync; a PLSGD:1000000 run gives the "of compute alone" column). A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
+--types takes TYPE, TYPE:J or TYPE+VARIANT:J (variants: overlap [automatic depth], overlap1/3/4 [fixed depth], frag2/frag4 [streamed fragments], bf16overlap, fp16 gradients, bf16sync, normalthreads [Gloo's network thread at default scheduling]; variants chain, TYPE+V1+V2:J; a PLSGD:1000000 run gives the "of compute alone" column). A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
 SlowMo (J=8), AdaptiveJ (J=8 at the start; the J column shows how it changed between epochs).
 Runs land in <runs-dir>/<rate>/<type>-J<J>/ with each rank's output in bench_log_rank<R>.txt; a run
 whose summary.json exists and was made with the same link and arguments is reused unless --rerun.
@@ -43,7 +43,7 @@ from bench.common import (  # noqa: E402
 from bench.emulated_hosts import NAMESPACES, measure_link, on_two_hosts, run_pair, two_hosts  # noqa: E402
 
 DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8,), "TorchPeriodicAverager": (8,)}
-# TYPE+VARIANT adds these main.py flags, e.g. PLSGD+overlap:8 or MBSGD+fp16.
+# TYPE+VARIANT adds these main.py flags, e.g. PLSGD+overlap:8 or MBSGD+fp16; variants chain: PLSGD+overlap+normalthreads:8.
 # overlap: the depth chosen from measurements (--overlap-steps auto); overlap1/3/4: a fixed depth;
 # fragN: N streamed fragments, each overlapped at the automatic depth.
 VARIANTS = {
@@ -57,6 +57,7 @@ VARIANTS = {
     "fp16": ["--grad-compression", "fp16"],
     "powersgd": ["--grad-compression", "powersgd"],
     "bf16sync": ["--sync-dtype", "bf16"],
+    "normalthreads": ["--comm-thread-policy", "normal"],  # Gloo's network thread at default scheduling
 }
 DEFAULT_TYPES = ["MBSGD", "PLSGD", "SlowMo", "AdaptiveJ"]
 HEADERS = [
@@ -101,9 +102,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def training_type(text: str) -> str:
     name, _, j = text.partition(":")
-    name, _, variant = name.partition("+")
-    if variant and variant not in VARIANTS:
-        raise argparse.ArgumentTypeError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    name, *variants = name.split("+")
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise argparse.ArgumentTypeError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if name not in DEFAULT_J or (j and not (j.isdigit() and int(j) >= 1)) or (name == "MBSGD" and j not in ("", "1")):
         raise argparse.ArgumentTypeError(
             f"expected TYPE or TYPE:J with TYPE one of {', '.join(DEFAULT_J)} and J a "
@@ -124,7 +126,7 @@ def expand_types(tokens: list) -> list:
 
 
 def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -> list:
-    name, _, variant = name.partition("+")
+    name, *variants = name.split("+")
     flags = [
         "--training-type",
         name,
@@ -147,7 +149,8 @@ def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -
     ]
     if name != "MBSGD":
         flags += ["--local-steps", local_steps]
-    flags += VARIANTS.get(variant, [])
+    for variant in variants:
+        flags += VARIANTS[variant]
     if arguments.dataset == "synthetic":
         flags += ["--synthetic-size", arguments.synthetic_size]
     return [str(flag) for flag in flags + shlex.split(arguments.extra)]

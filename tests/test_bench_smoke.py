@@ -1,7 +1,10 @@
-"""bench/local_methods.py end to end on tiny synthetic data: both runs land in one table with the right rounds."""
+"""bench/local_methods.py end to end on tiny synthetic data: both runs land in one table with the right rounds;
+network_bench's variants turn into main.py flags."""
 
 import subprocess
 import sys
+
+import pytest
 
 from bench.common import REPO, child_environment, parse_markdown_table
 
@@ -40,3 +43,14 @@ def test_local_methods_table_has_every_type_and_local_sgd_talks_a_quarter_as_oft
     mbsgd_rounds, plsgd_rounds = int(rows["MBSGD"]["rounds"]), int(rows["PLSGD"]["rounds"])
     assert mbsgd_rounds == 28 and 4 * plsgd_rounds == mbsgd_rounds
     assert float(rows["PLSGD"]["comm reduction (%)"]) == 75.0
+
+
+def test_network_bench_variants_chain_into_main_flags():
+    from bench import network_bench
+
+    arguments = network_bench.parse_arguments(["--types", "PLSGD+overlap+normalthreads:8"])
+    flags = network_bench.main_arguments(arguments, arguments.types[0].partition(":")[0], 8)
+    assert flags[flags.index("--local-steps") + 1] == "8"
+    assert "--overlap" in flags and flags[flags.index("--comm-thread-policy") + 1] == "normal"
+    with pytest.raises(SystemExit):  # argparse: one line naming the unknown variant, exit 2
+        network_bench.parse_arguments(["--types", "PLSGD+overlap+bogus:8"])

@@ -88,6 +88,7 @@ NON_DEFAULT = {
     "backend": "gloo",
     "dist_url": "tcp://10.0.0.1:23456",
     "timeout": 60.0,
+    "comm_thread_policy": "normal",
     "keep_checkpoints": 3,
     "epochs_per_job": 2,
     "on_nan": "skip",

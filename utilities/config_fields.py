@@ -183,6 +183,11 @@ class Config:
     )
     ranks_per_node: int = _field(0, "ranks that share a node for --hierarchy (0 = from the launcher)")
     timeout: float = _field(300.0, "seconds a collective may wait before the run fails")
+    comm_thread_policy: str = _field(
+        "batch",
+        "Gloo's network threads: batch = a packet's arrival waits for a free core or the scheduler's tick instead of preempting the computation (Linux); normal = default scheduling",
+        ("batch", "normal"),
+    )
 
     def resolved_output_dir(self) -> str:
         return self.output_dir or f"runs/{self.training_type}-{self.dataset}-{self.model}"

@@ -40,6 +40,7 @@ OPERATIONAL = frozenset(
         "backend",
         "dist_url",
         "timeout",
+        "comm_thread_policy",
         "eval_batch_size",
         "max_micro_batch",
         "accumulation_steps",
