@@ -4,6 +4,7 @@ still exact, and set by main.py runs unless --comm-thread-policy normal."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from bench.common import parse_markdown_table
 from tests.harness import LEARN_ARGS, REPO, child_env, main_command, spawn_ranks
 from utilities.comm_threads import GLOO_THREAD_NAMES, set_comm_thread_policy
 
@@ -108,3 +110,24 @@ def test_main_runs_gloo_network_threads_under_batch_scheduling(tmp_path):
 def test_comm_thread_policy_normal_leaves_default_scheduling(tmp_path):
     policies = _policies_while_training(tmp_path, ["--comm-thread-policy", "normal"])
     assert len(policies) >= 2 and set(policies) == {os.SCHED_OTHER}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")), reason="needs root and iproute2 (ip, tc)"
+)
+def test_the_cost_bench_measures_both_policies_across_emulated_hosts(tmp_path):
+    from bench import comm_thread_cost
+
+    out = tmp_path / "cost.md"
+    assert comm_thread_cost.main(["--seconds", "0.3", "--megabytes", "1", "--out", str(out)]) == 0
+    rows = parse_markdown_table(out.read_text())
+    assert [(row["policy"], row["rank"]) for row in rows] == [
+        ("normal", "0"),
+        ("normal", "1"),
+        ("batch", "0"),
+        ("batch", "1"),
+    ]
+    for row in rows:
+        assert float(row["product alone (us)"]) > 0 and float(row["rounds/s"]) > 0  # the link carried rounds
+        assert float(row["context switches/s"].replace(",", "")) > 0
