@@ -151,7 +151,6 @@ def train(config: Config) -> None:
     error_report.inputs_being_checked()
     seed_everything(config.seed, config.deterministic)
     parts = build_parts(config, launch, device)
-    set_comm_thread_policy(config.comm_thread_policy)  # after every process group (and its network thread) exists
     error_report.inputs_checked()  # every rank's inputs passed, or every rank stops here with code 2
 
     files = RunFiles(output_dir, enabled=launch.rank == 0, tensorboard=config.tensorboard)
@@ -169,6 +168,7 @@ def train(config: Config) -> None:
         identity=run_identity(config.to_dict(), launch.world_size),
         preemption=preemption,
     )
+    set_comm_thread_policy(config.comm_thread_policy)  # every process group (each has a network thread) exists now
     resumed, changes = resume_or_begin(config, trainer, parts, files)
     write_run_config(config, trainer, parts, files, resumed, changes, launch, backend)
     try:

@@ -101,9 +101,14 @@ def _policies_while_training(tmp_path, extra: list) -> list:
 
 
 @pytest.mark.slow
-def test_main_runs_gloo_network_threads_under_batch_scheduling(tmp_path):
-    policies = _policies_while_training(tmp_path, [])
-    assert len(policies) >= 2 and set(policies) == {os.SCHED_BATCH}  # at least one network thread per rank
+@pytest.mark.parametrize(
+    "extra, threads_at_least",
+    [([], 2), (["--hierarchy", "2", "4", "--ranks-per-node", "1"], 4)],  # hierarchy: a node group's thread too
+    ids=["flat", "hierarchy"],
+)
+def test_main_runs_gloo_network_threads_under_batch_scheduling(tmp_path, extra, threads_at_least):
+    policies = _policies_while_training(tmp_path, extra)
+    assert len(policies) >= threads_at_least and set(policies) == {os.SCHED_BATCH}
 
 
 @pytest.mark.slow
