@@ -1,13 +1,13 @@
 """Scheduling of Gloo's network threads, so that a slow link does not interrupt the computation.
 
-Gloo's TCP transport runs one event-loop thread per device ("gloo_tcp_loop"). While an all-reduce
-streams over a slow link that thread wakes for every few packets: about 14,000 context switches a
-second per rank on a 100 Mbit/s link (measured, docs/RESULTS.md, issue 16). Under the default policy
-each wake-up preempts the computation at once, so a compute-bound rank lost about a third of its
-speed while a round was in flight, although the thread itself needs little CPU. Under SCHED_BATCH a
-waking thread does not preempt a running one: it runs on an idle core at once, or at the next
-scheduler tick, and reads what arrived meanwhile in one go. Measured on 2 cores: context switches
-fell twentyfold, the link's rate was unchanged, the computation kept most of its speed.
+Gloo's TCP transport runs one event-loop thread per process group ("gloo_tcp_loop"). While an
+all-reduce streams over a slow link that thread wakes for every few packets: about ten thousand
+context switches a second per rank on a 100 Mbit/s link (bench/comm_thread_cost.py). Under the
+default policy each wake-up preempts the computation at once, so a compute-bound rank lost a good
+part of its speed while an overlapped round was in flight, although the thread itself needs little
+CPU. Under SCHED_BATCH a waking thread does not preempt a running one: it runs on an idle core at
+once, or when the running thread's time slice ends, and reads what arrived meanwhile in one go. The
+link's rate is unchanged; the figures are in docs/RESULTS.md (issue 16).
 
 Linux only; elsewhere, and for threads that are gone, nothing happens. Lowering one's own threads to
 SCHED_BATCH needs no privilege.
