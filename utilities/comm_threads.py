@@ -54,8 +54,3 @@ def set_comm_thread_policy(policy: str) -> int:
         except (ProcessLookupError, PermissionError):  # ended meanwhile; a policy a sandbox forbids
             continue
     return changed
-
-
-def thread_policy(thread_id: int) -> int:
-    """The scheduling policy of one of this process's threads (os.SCHED_*)."""
-    return os.sched_getscheduler(thread_id)
