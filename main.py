@@ -28,7 +28,6 @@ from train.sync.base import TrainingDiverged
 from train.sync.hogwild_watch import WorkerFailed
 from utilities import distributed, error_report
 from utilities.checkpoint import CheckpointError
-from utilities.comm_threads import set_comm_thread_policy
 from utilities.config import Config, ConfigError, parse_config
 from utilities.lppsgd_results import timestamped_run_dir, write_results
 from utilities.resume import resume_state
@@ -168,7 +167,6 @@ def train(config: Config) -> None:
         identity=run_identity(config.to_dict(), launch.world_size),
         preemption=preemption,
     )
-    set_comm_thread_policy(config.comm_thread_policy)  # every process group (each has a network thread) exists now
     resumed, changes = resume_or_begin(config, trainer, parts, files)
     write_run_config(config, trainer, parts, files, resumed, changes, launch, backend)
     try:

@@ -80,17 +80,25 @@ def _phase(stream: bool, seconds: float, state, product) -> dict:
     dist.barrier()
     cpu, switches, started = _cpu_times(), _context_switches(), time.perf_counter()
     products = rounds = 0
+    state.zero_()  # sums of zeros stay zeros: only the last element, the stop vote, carries a value
     work = dist.all_reduce(state, async_op=True) if stream else None
-    while time.perf_counter() - started < seconds:
+    while True:
         for _ in range(10):
             product()
         products += 10
-        if work is not None and work.is_completed():
+        time_is_up = time.perf_counter() - started >= seconds
+        if work is None:
+            if time_is_up:
+                break
+        elif work.is_completed():
             rounds += 1
+            # Each rank's own clock would let one rank start a round the other never joins; so a rank
+            # whose time is up says so in the next round, and every rank stops once that round is in.
+            if state[-1] > 0:
+                break
+            state[-1] = float(time_is_up)
             work = dist.all_reduce(state, async_op=True)
     elapsed = time.perf_counter() - started
-    if work is not None:
-        work.wait()
     spent = [after - before for before, after in zip(cpu, _cpu_times())]
     return {
         "us": elapsed / products * 1e6,
@@ -109,7 +117,7 @@ def worker(rank: int, policy: str, arguments: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://{ADDRESSES[0]}:{arguments.port}", rank=rank, world_size=2)
     set_comm_thread_policy(policy)
-    state = torch.randn(int(arguments.megabytes * 1e6 / 4))
+    state = torch.zeros(int(arguments.megabytes * 1e6 / 4))
     matrix = torch.randn(256, 256)
     dist.all_reduce(state)  # connections warm
     phases = [_phase(stream, arguments.seconds, state, lambda: matrix @ matrix) for stream in (False, True) * 2]
@@ -148,8 +156,11 @@ def measure(policy: str, arguments: argparse.Namespace) -> list:
     ]
     try:
         outputs = [rank.communicate(timeout=60 + 8 * arguments.seconds) for rank in ranks]
-    except subprocess.TimeoutExpired as error:
-        raise RunFailed(f"policy {policy}: the two processes did not finish") from error
+    except subprocess.TimeoutExpired:
+        for rank in ranks:
+            kill(rank)
+        tails = "\n".join(f"rank {index}: {rank.communicate()[1][-1500:]}" for index, rank in enumerate(ranks))
+        raise RunFailed(f"policy {policy}: the two processes did not finish", tails) from None
     finally:
         for rank in ranks:
             kill(rank)

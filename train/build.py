@@ -131,5 +131,6 @@ def build_parts(config: Config, launch: LaunchInfo, device: torch.device) -> Run
         on_nan=config.on_nan,
         check_replicas=config.check_replicas,
         amp=config.amp,
+        comm_thread_policy=config.comm_thread_policy,
     )
     return RunParts(data, model, optimizer, schedule, schedule.scheduler(optimizer), peak_lr, sync, meter, settings)

@@ -24,6 +24,7 @@ from train.run_state import LoopSettings, Progress, checkpoint_state
 from train.sync.base import Sync, TrainingDiverged
 from utilities.amp import MixedPrecision
 from utilities.checkpoint import save_checkpoint
+from utilities.comm_threads import set_comm_thread_policy
 from utilities.distributed import CommMeter, all_reduce_sum, replicas_identical, world_size
 from utilities.run_files import RunFiles, progress_bar
 
@@ -181,6 +182,9 @@ class Trainer:
         first_epoch = self.progress.epoch
         for epoch in range(self.progress.epoch, self.settings.epochs):
             epoch_started = time.perf_counter()
+            # Every epoch, not once at start-up: a network thread that has not run yet still bears its
+            # creator's name, so a pass right after its group is made can miss it (seen on a loaded machine).
+            set_comm_thread_policy(self.settings.comm_thread_policy)
             row = {
                 "epoch": epoch + 1,
                 "lr": self.progress.epoch_partial.get("lr", self.optimizer.param_groups[0]["lr"]),

@@ -19,6 +19,7 @@ class LoopSettings:
     on_nan: str = "stop"  # stop, or skip the step
     check_replicas: bool = False
     amp: str = "off"  # mixed precision of the forward pass and loss: off, bf16 or fp16 (utilities.amp)
+    comm_thread_policy: str = "batch"  # scheduling of Gloo's network threads (utilities.comm_threads)
 
 
 @dataclass

@@ -40,7 +40,9 @@ def _named_threads(names: tuple) -> list:
 
 def set_comm_thread_policy(policy: str) -> int:
     """Give Gloo's network threads the scheduling ``policy`` ("batch" or "normal"); call it after the
-    process groups are made (each group's device starts its own thread). Returns how many were set."""
+    process groups are made (each group's device starts its own thread), and again later: a thread that
+    has not run yet still bears its creator's name, so it is found only once it has. Returns how many
+    were set."""
     if policy not in POLICIES:
         raise ValueError(f"comm thread policy must be one of {POLICIES}, got {policy!r}")
     scheduler = getattr(os, "SCHED_BATCH" if policy == "batch" else "SCHED_OTHER", None)
