@@ -1,13 +1,16 @@
 """tools.report's seed groups on fake run folders (key names as main.py writes them): the seed table's
-mean ± sample std, a one-run group, AdaptiveJ's J per epoch and the accuracy/MB frontier plot."""
+mean ± sample std, a one-run group, AdaptiveJ's J per epoch, the accuracy/MB frontier plot, and the plots'
+short labels, distinct styles and one line per seed group."""
 
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tools import report
-from tools.report_groups import group_name
+from tools.report_groups import group_name, group_runs
+from tools.report_style import short_label, short_labels, styles
 
 PAIR = "training_type=PLSGD,local_steps=8"
 ADAPTIVE = "training_type=AdaptiveJ,local_steps=16"
@@ -144,3 +147,43 @@ def test_group_name_drops_the_seed_part():
     assert group_name(["seed=1/PLSGD", "seed=2/PLSGD"]) == "PLSGD"
     assert group_name(["first-run", "second-run"]) == "first-run"  # no common name: the first run's
     assert group_name(["seed=4"]) == "seed=4"  # nothing left once the seed is gone
+
+
+def test_short_labels_keep_the_values_and_fall_back_where_two_would_collide():
+    assert short_label("training_type=PLSGD,local_steps=32,seed=2") == "PLSGD J=32 seed=2"
+    assert short_label("training_type=MBSGD,optimizer=adamw,lr=0.001") == "MBSGD adamw lr=0.001"
+    assert short_label("my run, tuned") == "my run, tuned"  # not key=value parts: left as it is
+    # "optimizer" and "training_type" both show the value alone, so these two would read alike.
+    colliding = ["training_type=SGD", "optimizer=SGD"]
+    assert short_labels(colliding) == colliding
+
+
+def test_styles_draw_no_two_lines_alike():
+    for count in (1, 10, 25, 40, 100):
+        assert len(set(styles(count))) == count
+    assert [colour for colour, _, _ in styles(10)] == [f"C{index}" for index in range(10)]
+
+
+def test_accuracy_plots_draw_one_line_per_setting_the_mean_over_its_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    figures = {"best_val_accuracy": 0.8, "comm_bytes": 2e6, "wall_seconds": 2.0, "images_per_second": 10.0}
+    for seed, accuracy in ((1, 0.80), (2, 0.84)):
+        write_run(
+            runs,
+            f"{PAIR},seed={seed}",
+            {"training_type": "PLSGD", "local_steps": 8, "seed": seed},
+            {**figures, "final_test_accuracy": accuracy},
+        )
+    write_run(
+        runs, ADAPTIVE, {"training_type": "AdaptiveJ", "local_steps": 16}, {**figures, "final_test_accuracy": 0.7}
+    )
+    loaded = [report.load_run(directory) for directory in report.find_run_dirs([str(runs)])]
+    # Seed 2's epochs are shifted so that the mean differs from either run.
+    loaded[2].metrics = [{**row, "test_accuracy": row["test_accuracy"] + 0.1} for row in loaded[2].metrics]
+    lines = report.group_lines(group_runs(loaded), "epoch", "test_accuracy")
+    assert [label for label, _, _ in lines] == ["AdaptiveJ J=16", "PLSGD J=8 (mean of 2 seeds)"]
+    _, epochs, accuracies = lines[1]
+    assert epochs == [1, 2] and accuracies == pytest.approx([0.45, 0.85])  # (0.4 + 0.5) / 2, (0.8 + 0.9) / 2
+    out = tmp_path / "report"
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    assert (out / "accuracy_vs_epoch.png").stat().st_size > 1000

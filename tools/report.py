@@ -6,7 +6,8 @@
 Every folder under the given paths that holds summary.json is a run (config.yaml and
 metrics.jsonl are read next to it). Writes ``report.md`` (one table row per run, sorted by
 method, K, J) and ``accuracy_vs_epoch.png``, ``accuracy_vs_rounds.png``,
-``accuracy_vs_wall_time.png`` and, when some run adapts J, ``local_steps.png``. Runs that differ
+``accuracy_vs_wall_time.png`` (one line per setting, the mean over its seeds) and, when some run
+adapts J, ``local_steps.png``. Runs that differ
 only in their seed form a seed group (tools/report_groups.py): a second table of means ± std over
 the seeds and ``accuracy_vs_megabytes.png``, the communication/accuracy frontier. A run with a
 missing or unreadable file is skipped with a warning line.
@@ -19,11 +20,13 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import sys
 
 import yaml
 
-from tools.report_groups import seed_group_lines
+from tools.report_groups import group_runs, seed_group_lines
+from tools.report_style import legend_outside, short_labels, styles
 
 TABLE_COLUMNS = (
     "run",
@@ -154,29 +157,49 @@ def _series(run: RunRecord, x_key: str, y_key: str) -> tuple:
     return [x for x, _ in points], [y for _, y in points]
 
 
-def plot(runs: list, x_key: str, y_key: str, x_label: str, y_label: str, path: str, scale: float = 1.0) -> bool:
-    """One line per run; False (nothing written) when no run has both values."""
+def run_lines(runs: list, x_key: str, y_key: str) -> list:
+    """(label, xs, ys) per run that recorded both values."""
+    labels = short_labels([run.label for run in runs])
+    lines = [(label, *_series(run, x_key, y_key)) for label, run in zip(labels, runs)]
+    return [line for line in lines if line[1]]
+
+
+def group_lines(groups: list, x_key: str, y_key: str) -> list:
+    """(label, xs, ys) per seed group: x and y averaged over its runs epoch by epoch (as far as the
+    shortest run goes), so a study with seeds draws one line per setting rather than one per seed."""
+    lines = []
+    for group, name in zip(groups, short_labels([group.name for group in groups])):
+        series = [_series(run, x_key, y_key) for run in group.runs]
+        series = [(xs, ys) for xs, ys in series if xs]
+        if not series:
+            continue
+        length = min(len(xs) for xs, _ in series)
+        xs = [statistics.mean(run_xs[index] for run_xs, _ in series) for index in range(length)]
+        ys = [statistics.mean(run_ys[index] for _, run_ys in series) for index in range(length)]
+        seeds = f" (mean of {len(series)} seeds)" if len(series) > 1 else ""
+        lines.append((name + seeds, xs, ys))
+    return lines
+
+
+def plot(lines: list, x_label: str, y_label: str, path: str, scale: float = 1.0) -> bool:
+    """One line per (label, xs, ys); False (nothing written) when there is none."""
+    if not lines:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(8, 5))
-    drawn = 0
-    for run in runs:
-        xs, ys = _series(run, x_key, y_key)
-        if xs:
-            axes.plot(xs, [scale * y for y in ys], marker="o", markersize=3, label=run.label)
-            drawn += 1
-    if drawn:
-        axes.set_xlabel(x_label)
-        axes.set_ylabel(y_label)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small", loc="best")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
+    for (label, xs, ys), (colour, marker, dash) in zip(lines, styles(len(lines))):
+        axes.plot(xs, [scale * y for y in ys], color=colour, marker=marker, linestyle=dash, markersize=3, label=label)
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.grid(alpha=0.3)
+    legend_outside(axes, len(lines))
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend beside the axes
     pyplot.close(figure)
-    return bool(drawn)
+    return True
 
 
 def write_report(runs: list, out: str) -> str:
@@ -191,15 +214,20 @@ def write_report(runs: list, out: str) -> str:
         markdown_table(runs),
         "",
         *seed_group_lines(runs, out),
-        "## Plots per run",
+        "## Plots",
+        "",
+        "One line per setting: runs that differ only in their seed are drawn as their mean, epoch by epoch.",
         "",
     ]
+    groups = group_runs(runs)
     for name, x_key, x_label in ACCURACY_PLOTS:
-        if plot(runs, x_key, "test_accuracy", x_label, "test accuracy (%)", os.path.join(out, name), 100):
+        if plot(
+            group_lines(groups, x_key, "test_accuracy"), x_label, "test accuracy (%)", os.path.join(out, name), 100
+        ):
             lines += [f"![test accuracy vs {x_label}]({name})", ""]
         else:
             lines += [f"{name}: not drawn, no run recorded {x_key} with a test accuracy.", ""]
-    if plot(runs, "epoch", "local_steps", "epoch", "local steps J", os.path.join(out, "local_steps.png")):
+    if plot(run_lines(runs, "epoch", "local_steps"), "epoch", "local steps J", os.path.join(out, "local_steps.png")):
         lines += ["![local steps J per epoch](local_steps.png)", ""]
     else:
         lines += ["local_steps.png: not drawn, no run recorded local_steps in metrics.jsonl (only AdaptiveJ does).", ""]

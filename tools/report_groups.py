@@ -14,6 +14,8 @@ import os
 import re
 import statistics
 
+from tools.report_style import legend_outside, short_labels, styles
+
 # config.yaml fields that say where a run went or how it was babysat, never what it trained;
 # two runs that differ only in these (and the seed) are repetitions of one setting.
 BOOKKEEPING_SETTINGS = frozenset(
@@ -154,25 +156,34 @@ def plot_frontier(groups: list, path: str) -> list:
 
     matplotlib.use("Agg")  # files only, no display
     from matplotlib import pyplot
+    from matplotlib.ticker import NullFormatter
 
     figure, axes = pyplot.subplots(figsize=(8, 5))
-    left_off = []
-    for group in groups:
-        accuracies, megabytes = group.values("final_test_accuracy", 100), group.megabytes
-        if not accuracies or not megabytes or megabytes <= 0:
-            left_off.append(group.name)
-            continue
-        accuracy = statistics.mean(accuracies)
+    drawn = [group for group in groups if group.values("final_test_accuracy") and (group.megabytes or 0) > 0]
+    left_off = [group.name for group in groups if group not in drawn]
+    names = short_labels([group.name for group in drawn])
+    # A legend, not labels beside the points: settings with the same bytes (every J=32 method) sit in one column.
+    for group, name, (colour, marker, _) in zip(drawn, names, styles(len(drawn))):
+        accuracies = group.values("final_test_accuracy", 100)
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else None
-        axes.errorbar(megabytes, accuracy, yerr=spread, fmt="o", capsize=3)
-        axes.annotate(group.name, (megabytes, accuracy), (4, 4), textcoords="offset points", fontsize=7)
-    if len(left_off) < len(groups):
+        seeds = f" ({len(accuracies)} seeds)" if len(accuracies) > 1 else ""
+        axes.errorbar(
+            group.megabytes,
+            statistics.mean(accuracies),
+            yerr=spread,
+            fmt=marker,
+            color=colour,
+            capsize=3,
+            label=name + seeds,
+        )
+    if drawn:
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())  # within a decade the minor labels run into each other
         axes.set_xlabel("MB sent per rank (log scale)")
         axes.set_ylabel("final test accuracy (%)")
         axes.grid(alpha=0.3, which="both")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps labels that reach past the axes
+        legend_outside(axes, len(drawn))
+        figure.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend beside the axes
     pyplot.close(figure)
     return left_off
 
