@@ -2,7 +2,8 @@
 seconds each needed to first reach a test accuracy.
 
     sudo .venv/bin/python bench/time_to_accuracy.py configs/cifar10_study.yaml --target 0.6 \\
-        --only 'training_type=MBSGD,optimizer=sgd' 'training_type=PLSGD,local_steps=32' 'training_type=SlowMo'
+        --only 'training_type=MBSGD,seed=2' 'training_type=PLSGD,local_steps=32,seed=2' \\
+               'training_type=SlowMo,local_steps=32,seed=2'
 
 Each chosen run (a sweep run whose folder name contains an --only pattern, exactly one per pattern) is one
 main.py run with rank 0 in network namespace dtbench0 and rank 1 in dtbench1, joined by bench/two_hosts.sh's

@@ -187,3 +187,52 @@ def test_accuracy_plots_draw_one_line_per_setting_the_mean_over_its_seeds(tmp_pa
     out = tmp_path / "report"
     assert report.main([str(runs), "--out", str(out)]) == 0
     assert (out / "accuracy_vs_epoch.png").stat().st_size > 1000
+
+
+FIGURES = {
+    "final_test_accuracy": 0.8,
+    "best_val_accuracy": 0.8,
+    "comm_bytes": 2e6,
+    "wall_seconds": 2.0,
+    "images_per_second": 10.0,
+}
+
+
+def test_npy_folders_are_different_data_and_a_repeated_seed_is_no_second_sample(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    npy = {"training_type": "PLSGD", "local_steps": 8, "dataset": "npy", "seed": 1}
+    write_run(runs, "a", {**npy, "data_dir": "/data/a"}, FIGURES)
+    write_run(runs, "b", {**npy, "data_dir": "/data/b"}, FIGURES)
+    # A torchvision set's folder is only where it is cached: these two are seeds 1 and 2 of one setting...
+    cached = {"training_type": "MBSGD", "dataset": "mnist"}
+    write_run(runs, "c", {**cached, "data_dir": "/cache/1", "seed": 1}, FIGURES)
+    write_run(runs, "d", {**cached, "data_dir": "/cache/2", "seed": 2}, FIGURES)
+    # ...and this one repeats seed 2 (the same run reported twice, say).
+    write_run(runs, "e", {**cached, "data_dir": "/cache/2", "seed": 2}, FIGURES)
+    loaded = [report.load_run(directory) for directory in report.find_run_dirs([str(runs)])]
+    groups = group_runs(loaded)
+    assert [[run.label for run in group.runs] for group in groups] == [["a"], ["b"], ["c", "d"]]
+    assert f"{runs / 'e'} repeats the settings and seed of {runs / 'd'}" in capsys.readouterr().err
+
+
+def test_report_out_that_is_a_file_stale_plots_and_short_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        write_run(runs, f"{PAIR},seed={seed}", {"training_type": "PLSGD", "local_steps": 8, "seed": seed}, FIGURES)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert report.main([str(runs), "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {a_file} is a file; give a folder for report.md and the plots"
+    ]
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "local_steps.png").write_text("an older report's plot")  # no run here adapts J
+    short = runs / f"{PAIR},seed=2" / "metrics.jsonl"
+    short.write_text(short.read_text().splitlines()[0] + "\n")  # one epoch of two
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    assert f"warning: the runs of {PAIR} recorded epoch for [1, 2] epochs; its mean line stops at 1" in (
+        capsys.readouterr().err
+    )
+    assert not (out / "local_steps.png").exists()
+    assert (out / "report.md").read_text().endswith("\n")

@@ -211,3 +211,42 @@ def test_hessian_of_a_smoke_run(smoke_runs):
     assert result["samples"] == 200 and 1 <= result["iterations"] <= 5
     assert result["top_eigenvalue"] > 0 and result["trace"] > 0
     assert os.path.exists(run_dir / "model.pt")
+
+
+def test_runs_dir_that_is_a_file_and_folder_names_too_long_fail_with_one_line(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for extra in ([], ["--dry-run"], ["--collect"], ["--slurm-array", str(tmp_path / "x.sh")]):
+        assert sweep.main([SMOKE, "--runs-dir", str(a_file), *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.splitlines() == [f"error: runs folder {a_file} is a file; give --runs-dir a folder"]
+    long_value = "x" * 300
+    path = write_sweep(tmp_path, f"name: long\ngrid: {{data_dir: [{long_value}]}}\n")
+    assert sweep.main([path, "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "over the file system's 255" in error, error
+
+
+def test_a_damaged_summary_is_refused_and_the_run_resumes_once_it_is_moved_away(smoke_runs, tmp_path, capsys):
+    import shutil
+
+    name = "training_type=MBSGD,ranks=1"
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(smoke_runs / name, runs_dir / name)
+    expected = json.loads((smoke_runs / name / "summary.json").read_text())
+    summary = runs_dir / name / "summary.json"
+    for damaged in ('{"final_test_acc', "", "[1, 2]"):
+        summary.write_text(damaged)
+        for extra in (["--dry-run"], ["--collect"], []):
+            assert sweep.main([SMOKE, "--runs-dir", str(runs_dir), "--only", name, *extra]) == 2
+            # The smoke sweep's own settings warn first (MBSGD ignores --local-steps); then one error line.
+            error = capsys.readouterr().err.strip().splitlines()
+            assert error[-1].startswith(f"error: run {name}: its summary.json is unreadable"), error
+            assert not any("Traceback" in line or line.startswith("error") for line in error[:-1]), error
+    summary.unlink()  # as the message says: move it away, run the sweep again
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        assert sweep.main([SMOKE, "--runs-dir", str(runs_dir), "--only", name]) == 0
+    resumed = json.loads(summary.read_text())
+    assert resumed["final_test_accuracy"] == expected["final_test_accuracy"]
+    assert resumed["steps"] == expected["steps"] and resumed["comm_rounds"] == expected["comm_rounds"]

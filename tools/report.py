@@ -174,6 +174,12 @@ def group_lines(groups: list, x_key: str, y_key: str) -> list:
         if not series:
             continue
         length = min(len(xs) for xs, _ in series)
+        if any(len(xs) != length for xs, _ in series):
+            print(
+                f"warning: the runs of {group.name} recorded {x_key} for {sorted({len(xs) for xs, _ in series})} "
+                f"epochs; its mean line stops at {length}",
+                file=sys.stderr,
+            )
         xs = [statistics.mean(run_xs[index] for run_xs, _ in series) for index in range(length)]
         ys = [statistics.mean(run_ys[index] for _, run_ys in series) for index in range(length)]
         seeds = f" (mean of {len(series)} seeds)" if len(series) > 1 else ""
@@ -182,8 +188,10 @@ def group_lines(groups: list, x_key: str, y_key: str) -> list:
 
 
 def plot(lines: list, x_label: str, y_label: str, path: str, scale: float = 1.0) -> bool:
-    """One line per (label, xs, ys); False (nothing written) when there is none."""
+    """One line per (label, xs, ys); False (nothing written, an older plot at ``path`` removed) when there is none."""
     if not lines:
+        if os.path.exists(path):
+            os.remove(path)  # an earlier report's plot would pass for this one's
         return False
     import matplotlib
 
@@ -204,6 +212,7 @@ def plot(lines: list, x_label: str, y_label: str, path: str, scale: float = 1.0)
 
 def write_report(runs: list, out: str) -> str:
     os.makedirs(out, exist_ok=True)
+    groups = group_runs(runs)
     lines = [
         "# Run report",
         "",
@@ -213,13 +222,12 @@ def write_report(runs: list, out: str) -> str:
         "",
         markdown_table(runs),
         "",
-        *seed_group_lines(runs, out),
+        *seed_group_lines(runs, groups, out),
         "## Plots",
         "",
         "One line per setting: runs that differ only in their seed are drawn as their mean, epoch by epoch.",
         "",
     ]
-    groups = group_runs(runs)
     for name, x_key, x_label in ACCURACY_PLOTS:
         if plot(
             group_lines(groups, x_key, "test_accuracy"), x_label, "test accuracy (%)", os.path.join(out, name), 100
@@ -233,7 +241,7 @@ def write_report(runs: list, out: str) -> str:
         lines += ["local_steps.png: not drawn, no run recorded local_steps in metrics.jsonl (only AdaptiveJ does).", ""]
     path = os.path.join(out, "report.md")
     with open(path, "w") as handle:
-        handle.write("\n".join(lines))
+        handle.write("\n".join(lines) + "\n")
     return path
 
 
@@ -242,6 +250,9 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", help="run folders or folders holding runs (searched recursively)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where report.md and the plots go")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"error: --out {args.out} is a file; give a folder for report.md and the plots", file=sys.stderr)
+        return 2
     runs = [run for run in map(load_run, find_run_dirs(args.paths)) if run is not None]
     if not runs:
         print(f"error: no readable run (a folder with summary.json) under {' '.join(args.paths)}", file=sys.stderr)

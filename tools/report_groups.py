@@ -13,6 +13,7 @@ import math
 import os
 import re
 import statistics
+import sys
 
 from tools.report_style import legend_outside, short_labels, styles
 
@@ -76,7 +77,10 @@ class SeedGroup:
 
 def settings_key(config: dict) -> str:
     """The run's settings without bookkeeping, as one comparable string."""
-    settings = {key: value for key, value in config.items() if key not in BOOKKEEPING_SETTINGS}
+    bookkeeping = BOOKKEEPING_SETTINGS
+    if config.get("dataset") == "npy":
+        bookkeeping = bookkeeping - {"data_dir"}  # there the folder is the data set, not a cache of it
+    settings = {key: value for key, value in config.items() if key not in bookkeeping}
     if isinstance(settings.get("run"), dict):
         settings["run"] = {key: value for key, value in settings["run"].items() if key not in BOOKKEEPING_RUN_FIELDS}
     return json.dumps(settings, sort_keys=True, default=str)
@@ -93,10 +97,21 @@ def group_name(labels: list) -> str:
 
 
 def group_runs(runs: list) -> list:
-    """Runs with equal settings, in the order their first run appears in ``runs``."""
+    """Runs with equal settings, in the order their first run appears in ``runs``. A run that repeats a
+    seed its group already has (the same run reported twice, say) is left out with a warning: it is no
+    second sample of the seed noise."""
     members = {}
     for run in runs:
-        members.setdefault(settings_key(run.config), []).append(run)
+        group = members.setdefault(settings_key(run.config), [])
+        twin = next((other for other in group if other.config.get("seed") == run.config.get("seed")), None)
+        if twin is not None:
+            print(
+                f"warning: {run.directory} repeats the settings and seed of {twin.directory}; "
+                "left out of the seed groups and plots",
+                file=sys.stderr,
+            )
+            continue
+        group.append(run)
     return [SeedGroup(group_name([run.label for run in group]), group) for group in members.values()]
 
 
@@ -184,14 +199,15 @@ def plot_frontier(groups: list, path: str) -> list:
         axes.grid(alpha=0.3, which="both")
         legend_outside(axes, len(drawn))
         figure.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend beside the axes
+    elif os.path.exists(path):
+        os.remove(path)  # an earlier report's plot would pass for this one's
     pyplot.close(figure)
     return left_off
 
 
-def seed_group_lines(runs: list, out: str) -> list:
+def seed_group_lines(runs: list, groups: list, out: str) -> list:
     """report.md's seed group section: the table (when some setting ran more than once), J per epoch
     of the runs that adapt it, and the frontier plot, written into ``out``."""
-    groups = group_runs(runs)
     lines = ["## Seed groups", ""]
     if any(len(group.runs) > 1 for group in groups):
         lines += [

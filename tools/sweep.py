@@ -45,7 +45,9 @@ from tools.sweep_grid import (  # noqa: F401
     Run,
     Sweep,
     SweepError,
+    check_runs_dir,
     check_settings,
+    check_summaries,
     expand,
     folder_value,
     load_sweep,
@@ -191,7 +193,9 @@ def main(argv=None) -> int:
         runs = select(every_run, args.only)
         if not runs:
             raise SweepError(f"--only {args.only!r} matches none of the {len(every_run)} runs")
+        check_runs_dir(sweep.runs_dir)
         check_settings(runs)
+        check_summaries(every_run)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import fnmatch
 import itertools
+import json
 import os
 import re
 import tempfile
@@ -19,6 +20,7 @@ from utilities.config import FIELDS, ConfigError, parse_config
 
 SWEEP_KEYS = ("name", "base", "grid", "launch", "runs_dir")
 RANKS = "ranks"
+MAX_FOLDER_NAME = 255  # bytes in one path component on Linux file systems
 RUN_CONFIG = "sweep_config.yaml"
 
 
@@ -49,6 +51,18 @@ class Run:
 
     def done(self) -> bool:
         return os.path.exists(os.path.join(self.directory, "summary.json"))
+
+    def unreadable_summary(self) -> str | None:
+        """Why this run's summary.json cannot be read as main.py writes it (a mapping), or None when it can
+        or does not exist. main.py writes it atomically, so a bad one was damaged or edited afterwards."""
+        try:
+            with open(os.path.join(self.directory, "summary.json")) as handle:
+                summary = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            return str(error)
+        return None if isinstance(summary, dict) else "not a mapping"
 
 
 @dataclasses.dataclass
@@ -155,7 +169,15 @@ def expand(sweep: Sweep) -> list:
         }
         name = ",".join(f"{key}={folder_value(value)}" for key, value in grid_values.items())
         if name in seen:
-            raise SweepError(f"sweep {sweep.name}: two grid points make the same run '{name}'; a value is listed twice")
+            raise SweepError(
+                f"sweep {sweep.name}: two grid points make the same run '{name}'; a value is listed twice, or two "
+                "values differ only in characters a folder name cannot hold (they become _)"
+            )
+        if len(name.encode()) > MAX_FOLDER_NAME:
+            raise SweepError(
+                f"sweep {sweep.name}: run '{name[:60]}...' needs a folder name of {len(name.encode())} bytes, "
+                f"over the file system's {MAX_FOLDER_NAME}; move long values (paths) from the grid to base"
+            )
         seen.add(name)
         ranks = _positive_ranks(grid_values.get(RANKS, sweep.ranks), f"run {name}")
         directory = os.path.join(sweep.runs_dir, name)
@@ -164,6 +186,22 @@ def expand(sweep: Sweep) -> list:
         settings.update(output_dir=directory, resume=settings.get("resume") or "auto")
         runs.append(Run(name, grid_values, settings, ranks, directory))
     return runs
+
+
+def check_runs_dir(runs_dir: str) -> None:
+    if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
+        raise SweepError(f"runs folder {runs_dir} is a file; give --runs-dir a folder")
+
+
+def check_summaries(runs: list) -> None:
+    """A run whose summary.json is damaged would count as done and break results.csv: refuse it up front."""
+    for run in runs:
+        reason = run.unreadable_summary()
+        if reason:
+            raise SweepError(
+                f"run {run.name}: its summary.json is unreadable ({reason}); move it away and run the sweep "
+                "again to resume that run from its checkpoints"
+            )
 
 
 def check_settings(runs: list) -> None:
