@@ -31,7 +31,8 @@ DASHES = ("-", "--", ":", "-.")
 
 
 def short_label(label: str) -> str:
-    """ "training_type=PLSGD,local_steps=32" -> "PLSGD J=32"; a label not made of key=value parts stays."""
+    """A sweep folder name for a legend, e.g. PLSGD J=32 for training_type=PLSGD,local_steps=32; a label
+    not made of key=value parts stays as it is."""
     parts = label.split(",")
     if not all("=" in part for part in parts):
         return label
@@ -50,7 +51,7 @@ def short_labels(labels: list) -> list:
 
 
 def styles(count: int) -> list:
-    """``count`` (colour, marker, dash) triples, no two alike while count <= 10 * 8; colours change
+    """``count`` (colour, marker, dash) triples, no two alike up to 10 x 8 x 4 = 320; colours change
     fastest, so the first 10 lines differ in colour alone, as matplotlib's default would draw them."""
     combinations = zip(itertools.cycle(COLOURS), itertools.cycle(MARKERS), itertools.cycle(DASHES))
     seen, found = set(), []
