@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from bench.common import RunFailed, emit, header_line, load_metrics, markdown_table  # noqa: E402
 from bench.emulated_hosts import NAMESPACES, measure_link, on_two_hosts, run_ranks, two_hosts  # noqa: E402
-from tools.report import plot  # noqa: E402
+from tools.report import plot, run_lines  # noqa: E402
 from tools.sweep_grid import SweepError, expand, load_sweep, select  # noqa: E402
 
 HEADERS = [
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
             )
             for run in runs
         ]
-        plot(curves, "wall_seconds", "test_accuracy", "wall-clock seconds", "test accuracy (%)", arguments.plot, 100)
+        lines = run_lines(curves, "wall_seconds", "test_accuracy")
+        plot(lines, "wall-clock seconds", "test accuracy (%)", arguments.plot, 100)
     emit(
         f"{header_line('time_to_accuracy', arguments)}\n\nLink `{arguments.rate}`: {shape.split(':')[0]}; measured "
         f"{rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB {NAMESPACES[0]} → {NAMESPACES[1]})\n\n"
