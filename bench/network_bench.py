@@ -95,9 +95,23 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="images per rank per step")
     parser.add_argument("--run-timeout", type=float, default=3600, help="seconds one run may take before it is killed")
     parser.add_argument("--probe-mb", type=int, default=50, help="MB the link probe sends")
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="run the whole list of types this many times, interleaved (1, 2, ..., 1, 2, ...): each fraction of "
+        "compute alone divides by the same repeat's PLSGD:1000000 run, so a machine whose speed drifts "
+        "between repeats does not bias one variant; the table gives the mean and every repeat's figure",
+    )
     add_common_arguments(parser, "network_bench")
     parser.set_defaults(runs_dir="bench_runs/network")
     return parser.parse_args(argv)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def training_type(text: str) -> str:
@@ -167,47 +181,74 @@ def local_steps_label(name: str, local_steps: int, metrics: list) -> str:
     return " → ".join(str(j) for index, j in enumerate(used) if index == 0 or j != used[index - 1])
 
 
-def table_row(link: str, name: str, local_steps: int, summary: dict, metrics: list, alone: float = 0.0) -> list:
-    label = local_steps_label(name, local_steps, metrics)
-    depths = [row["overlap_steps"] for row in metrics if "overlap_steps" in row]
-    if depths:
-        label += f", D {'/'.join(str(depth) for depth in depths)}"
-    fraction = f"{summary['images_per_second'] / alone:.2f}" if alone else ""
+def depth_label(metrics: list) -> str:
+    """The overlap depth logged for each epoch (``--overlap``), e.g. "4/5"; empty for a blocking run."""
+    return "/".join(str(row["overlap_steps"]) for row in metrics if "overlap_steps" in row)
+
+
+def table_row(link: str, name: str, local_steps: int, repeats: list) -> list:
+    """One row per type; ``repeats`` holds (summary, metrics, compute-alone images/s) for each repeat. With
+    several repeats a column reads "mean (first / second / ...)"."""
+
+    def column(values: list, digits: int) -> str:
+        mean = f"{sum(values) / len(values):.{digits}f}"
+        return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.{digits}f}' for v in values)})"
+
+    summaries = [summary for summary, _, _ in repeats]
+    label = local_steps_label(name, local_steps, repeats[0][1])
+    depths = [depth_label(metrics) for _, metrics, _ in repeats]
+    if any(depths):
+        label += f", D {' | '.join(depths)}"
+    fractions = [summary["images_per_second"] / alone for summary, _, alone in repeats if alone]
+    accuracies = [summary["final_test_accuracy"] for summary in summaries]
     return [
         link,
         name,
         label,
-        f"{summary['images_per_second']:.0f}",
-        fraction,
-        f"{summary['comm_seconds']:.2f}",
-        f"{summary['comm_bytes'] / 1e6:.1f}",
-        summary["comm_rounds"],
-        percent(summary["final_test_accuracy"]),
+        column([summary["images_per_second"] for summary in summaries], 0),
+        column(fractions, 2) if len(fractions) == len(repeats) else "",
+        column([summary["comm_seconds"] for summary in summaries], 2),
+        f"{summaries[0]['comm_bytes'] / 1e6:.1f}",
+        summaries[0]["comm_rounds"],
+        percent(sum(accuracies) / len(accuracies))
+        + ("" if len(accuracies) == 1 else f" ({' / '.join(percent(a) for a in accuracies)})"),
     ]
 
 
 def bench_link(arguments: argparse.Namespace, link: str, first_port: int) -> tuple:
-    """Bring the link up, measure it, run every type across it; the header line and the table rows."""
+    """Bring the link up, measure it, run every type across it (--repeats times, interleaved); the header line
+    and the table rows."""
     shape = two_hosts("up", link).removeprefix("two_hosts: up, ")
     rate = measure_link(arguments.probe_mb)
     print(f"link {link}: {shape}; measured {rate:.1f} Mbit/s", file=sys.stderr, flush=True)
-    results = []
-    for offset, (name, local_steps) in enumerate(expand_types(arguments.types)):
-        run_dir = Path(arguments.runs_dir) / link / f"{name}-J{local_steps}"
-        summary = run_pair(
-            run_dir,
-            link,
-            main_arguments(arguments, name, local_steps),
-            first_port + offset,
-            arguments.run_timeout,
-            arguments.rerun,
+    types = expand_types(arguments.types)
+    runs = {run: [] for run in types}
+    for repeat in range(arguments.repeats):
+        results = []
+        for offset, (name, local_steps) in enumerate(types):
+            run_dir = Path(arguments.runs_dir) / link / f"{name}-J{local_steps}"
+            if arguments.repeats > 1:
+                run_dir /= f"repeat{repeat + 1}"
+            summary = run_pair(
+                run_dir,
+                link,
+                main_arguments(arguments, name, local_steps),
+                first_port + repeat * len(types) + offset,
+                arguments.run_timeout,
+                arguments.rerun,
+            )
+            results.append((name, local_steps, summary, load_metrics(run_dir)))
+        alone = next(
+            (
+                summary["images_per_second"]
+                for name, j, summary, _ in results
+                if name == "PLSGD" and j == COMPUTE_ALONE_J
+            ),
+            0.0,
         )
-        results.append((name, local_steps, summary, load_metrics(run_dir)))
-    alone = next(
-        (summary["images_per_second"] for name, j, summary, _ in results if name == "PLSGD" and j == COMPUTE_ALONE_J),
-        0.0,
-    )
-    rows = [table_row(link, name, j, summary, metrics, alone) for name, j, summary, metrics in results]
+        for name, local_steps, summary, metrics in results:
+            runs[(name, local_steps)].append((summary, metrics, alone))
+    rows = [table_row(link, name, j, repeats) for (name, j), repeats in runs.items()]
     return (
         f"- `{link}`: {shape.split(':')[0]}; measured {rate:.1f} Mbit/s (TCP, {arguments.probe_mb} MB "
         f"{NAMESPACES[0]} → {NAMESPACES[1]})",
@@ -221,7 +262,7 @@ def main(argv=None) -> int:
     def every_link() -> tuple:
         links, rows = [], []
         for index, link in enumerate(arguments.rates):
-            link_line, link_rows = bench_link(arguments, link, FIRST_MASTER_PORT + 100 * index)
+            link_line, link_rows = bench_link(arguments, link, FIRST_MASTER_PORT + 1000 * index)
             links.append(link_line)
             rows += link_rows
         return links, rows
@@ -234,6 +275,7 @@ def main(argv=None) -> int:
     title = (
         f"Two emulated hosts, one rank each (network namespaces + veth, tc tbf): {arguments.model} on "
         f"{arguments.dataset}, {arguments.epochs} epoch(s){steps}, batch {arguments.batch_size} per rank"
+        + (f", {arguments.repeats} repeats interleaved" if arguments.repeats > 1 else "")
     )
     settings = argparse.Namespace(
         **{

@@ -54,3 +54,29 @@ def test_network_bench_variants_chain_into_main_flags():
     assert "--overlap" in flags and flags[flags.index("--comm-thread-policy") + 1] == "normal"
     with pytest.raises(SystemExit):  # argparse: one line naming the unknown variant, exit 2
         network_bench.parse_arguments(["--types", "PLSGD+overlap+bogus:8"])
+
+
+def test_network_bench_repeats_divide_by_their_own_compute_alone_run():
+    from bench import network_bench
+
+    def summary(images_per_second, accuracy):
+        return {
+            "images_per_second": images_per_second,
+            "comm_seconds": 0.5,
+            "comm_bytes": 3.2e6,
+            "comm_rounds": 20,
+            "final_test_accuracy": accuracy,
+        }
+
+    depth = [{"overlap_steps": 4}]
+    # Repeat 1 ran on a machine 10% faster than repeat 2; each fraction uses its own repeat's reference.
+    repeats = [(summary(900.0, 0.40), depth, 1000.0), (summary(720.0, 0.42), [{"overlap_steps": 5}], 900.0)]
+    row = network_bench.table_row("100mbit", "PLSGD+overlap", 8, repeats)
+    assert row[2] == "8, D 4 | 5"
+    assert row[3] == "810 (900 / 720)"
+    assert row[4] == "0.85 (0.90 / 0.80)"
+    assert row[8] == "41.00 (40.00 / 42.00)"
+    single = network_bench.table_row("100mbit", "PLSGD", 8, repeats[:1])
+    assert (single[3], single[4]) == ("900", "0.90")
+    with pytest.raises(SystemExit):
+        network_bench.parse_arguments(["--repeats", "0"])

@@ -84,6 +84,28 @@ def test_overlap_keeps_local_progress_on_top_of_the_average(ranks):
     assert torch.allclose(results[0][3], mean_over_ranks(results, 0, 5), atol=1e-6)
 
 
+def test_overlap_depth_j_completes_each_round_as_the_next_begins(ranks):
+    comm, local_steps = ranks(2), 3
+    models = [tiny_model() for _ in range(2)]
+    make_sync = lambda meter: PLSGD(meter, local_steps, overlap=True, overlap_steps=local_steps)  # noqa: E731
+    results = comm.run(train_recording, models, make_sync, 9)
+    # Rounds begin after steps 2, 5 and 8. The one begun after step 2 stays in flight for a whole period and
+    # completes after step 5, just before the next begins: that round then sends mean + progress.
+    average = mean_over_ranks(results, 0, 2)
+    for before, after, meter, _ in results:
+        assert all(torch.equal(after[step], before[step]) for step in (2, 3, 4))
+        assert torch.allclose(after[5], average + (before[5] - before[2]), atol=1e-6)
+        assert (meter.rounds, meter.collectives) == (3, 3)
+    sent = comm.collectives("all_reduce")[1].sent
+    assert all(torch.allclose(sent[rank], results[rank][1][5], atol=1e-6) for rank in range(2))
+    assert torch.equal(results[0][3], results[1][3])  # settle(): the last round completed, replicas identical
+
+
+def test_overlap_depth_above_j_is_refused():
+    with pytest.raises(ValueError, match="between 1 and local_steps"):
+        PLSGD(CommMeter(), 3, overlap=True, overlap_steps=4)
+
+
 def bf16_rounds(rank, world_size, starts, targets):
     """Move the parameters to ``targets[rank][k]`` before round k; record the reference and error around it."""
     parameters = starts.clone()

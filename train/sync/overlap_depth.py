@@ -11,7 +11,7 @@ What is measured, on every rank (only rank 0's figures are used):
 - a round that was not done at its completion step held training up for ``waited`` seconds;
   it needed D + ceil(waited / step) steps, with the step's compute time measured as training goes.
 The proposal is the largest need of the last few rounds (one slow round on a shared link should
-not cause a stall in the next), capped by the caller at J - 1.
+not cause a stall in the next), capped by the caller at J.
 
 Agreement: every rank must complete a round at the same step (the same collectives at the same
 steps), so the depth is rank 0's proposal, and it travels inside the averaging message itself:

@@ -69,17 +69,16 @@ class PLSGD(Sync):
             if overlap or sync_dtype != "fp32":
                 raise ValueError("hierarchy cannot be combined with overlap or a reduced sync_dtype")
             local_steps = global_steps
-        if overlap and overlap_steps == AUTO and local_steps < 2:
-            raise ValueError("overlap needs local_steps of at least 2 (a round may run at most J - 1 steps behind)")
-        if overlap and overlap_steps != AUTO and not 1 <= overlap_steps < local_steps:
+        if overlap and overlap_steps != AUTO and not 1 <= overlap_steps <= local_steps:
             raise ValueError(
-                f"overlap_steps must be at least 1 and below local_steps ({local_steps}), got {overlap_steps}"
+                f"overlap_steps must be between 1 and local_steps ({local_steps}): a round completes at the "
+                f"latest when the next one begins; got {overlap_steps}"
             )
         check_fragments(fragments, local_steps, hierarchy, momentum_sync)
         self.fragments = fragments
         self.streamer: Optional[StreamedFragments] = None
         # --overlap-steps auto starts as deep as J allows (hidden at once) and comes down once rounds are measured.
-        self.auto_depth = AutoDepth(max(1, local_steps - 1)) if overlap and overlap_steps == AUTO else None
+        self.auto_depth = AutoDepth(local_steps) if overlap and overlap_steps == AUTO else None
         self.step_ended: Optional[float] = None
         self.local_steps = local_steps
         self.overlap_steps = overlap_steps
@@ -144,12 +143,13 @@ class PLSGD(Sync):
         return self.steps_since_sync == 0 and not self.round_in_flight() and self.average_buffers
 
     def overlap_depth(self) -> int:
-        """Local steps a round stays in flight: --overlap-steps (or the agreed automatic depth), below J
-        (AdaptiveJ may shrink J)."""
+        """Local steps a round stays in flight: --overlap-steps (or the agreed automatic depth), at most J
+        (AdaptiveJ may shrink J). At D = J a round completes at the step the next one begins, just before
+        it (Overlap Local-SGD's anchor, Wang et al. 2020): a link slower than J - 1 steps is still hidden."""
         if not self.overlap:
             return 0
         depth = self.auto_depth.depth if self.auto_depth is not None else self.overlap_steps
-        return max(0, min(depth, self.local_steps - 1))
+        return max(0, min(depth, self.local_steps))
 
     def record_step_time(self) -> None:
         if self.auto_depth is not None and self.step_ended is not None:
