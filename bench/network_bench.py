@@ -101,7 +101,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         default=1,
         help="run the whole list of types this many times, interleaved (1, 2, ..., 1, 2, ...): each fraction of "
         "compute alone divides by the same repeat's PLSGD:1000000 run, so a machine whose speed drifts "
-        "between repeats does not bias one variant; the table gives the mean and every repeat's figure",
+        "between repeats does not bias one variant; repeat k runs with --seed k-1 (the first with the default 0), so "
+        "accuracies vary too; the table gives the mean and every repeat's figure",
     )
     add_common_arguments(parser, "network_bench")
     parser.set_defaults(runs_dir="bench_runs/network")
@@ -139,7 +140,7 @@ def expand_types(tokens: list) -> list:
     return runs
 
 
-def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -> list:
+def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int, seed: int = 0) -> list:
     name, *variants = name.split("+")
     flags = [
         "--training-type",
@@ -167,6 +168,8 @@ def main_arguments(arguments: argparse.Namespace, name: str, local_steps: int) -
         flags += VARIANTS[variant]
     if arguments.dataset == "synthetic":
         flags += ["--synthetic-size", arguments.synthetic_size]
+    if seed:
+        flags += ["--seed", seed]
     return [str(flag) for flag in flags + shlex.split(arguments.extra)]
 
 
@@ -232,7 +235,7 @@ def bench_link(arguments: argparse.Namespace, link: str, first_port: int) -> tup
             summary = run_pair(
                 run_dir,
                 link,
-                main_arguments(arguments, name, local_steps),
+                main_arguments(arguments, name, local_steps, seed=repeat),
                 first_port + repeat * len(types) + offset,
                 arguments.run_timeout,
                 arguments.rerun,
