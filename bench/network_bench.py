@@ -17,7 +17,7 @@ use --device cpu --backend gloo; --extra comes after those flags and can change 
 OMP_NUM_THREADS defaults to 1 per rank. The namespaces are removed at the end, on failure and on
 Ctrl-C or SIGTERM. Only one network bench runs at a time (the namespace names are fixed).
 
---types takes TYPE, TYPE:J or TYPE+VARIANT:J (variants: overlap [automatic depth], overlap1/3/4 [fixed depth], frag2/frag4 [streamed fragments], bf16overlap, fp16 gradients, bf16sync, normalthreads [Gloo's network thread at default scheduling]; variants chain, TYPE+V1+V2:J; a PLSGD:1000000 run gives the "of compute alone" column). A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
+--types takes TYPE, TYPE:J or TYPE+VARIANT:J (variants: overlap [plain --overlap: automatic depth and fragments], whole [one round for the whole state], overlap1/3/4 [fixed depth], frag2/frag4 [that many streamed fragments], bf16overlap, fp16 gradients, bf16sync, normalthreads [Gloo's network thread at default scheduling]; variants chain, TYPE+V1+V2:J; a PLSGD:1000000 run gives the "of compute alone" column). A bare type runs its default J values: MBSGD (J=1), PLSGD (J=4, 8, 32),
 SlowMo (J=8), AdaptiveJ (J=8 at the start; the J column shows how it changed between epochs).
 Runs land in <runs-dir>/<rate>/<type>-J<J>/ with each rank's output in bench_log_rank<R>.txt; a run
 whose summary.json exists and was made with the same link and arguments is reused unless --rerun.
@@ -48,6 +48,7 @@ DEFAULT_J = {"MBSGD": (1,), "PLSGD": (4, 8, 32), "SlowMo": (8,), "AdaptiveJ": (8
 # fragN: N streamed fragments, each overlapped at the automatic depth.
 VARIANTS = {
     "overlap": ["--overlap"],
+    "whole": ["--fragments", "1"],  # with overlap: the whole state in one round (--fragments auto streams fragments)
     "overlap1": ["--overlap", "--overlap-steps", "1"],
     "overlap3": ["--overlap", "--overlap-steps", "3"],
     "bf16overlap": ["--overlap", "--sync-dtype", "bf16"],
@@ -200,6 +201,9 @@ def table_row(link: str, name: str, local_steps: int, repeats: list) -> list:
     summaries = [summary for summary, _, _ in repeats]
     label = local_steps_label(name, local_steps, repeats[0][1])
     depths = [depth_label(metrics) for _, metrics, _ in repeats]
+    fragments = next((row["fragments"] for row in repeats[0][1] if "fragments" in row), 1)
+    if fragments > 1:
+        label += f", F {fragments}"
     if any(depths):
         label += f", D {' | '.join(depths)}"
     fractions = [summary["images_per_second"] / alone for summary, _, alone in repeats if alone]

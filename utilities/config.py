@@ -38,7 +38,7 @@ def _scalar_type(f: dataclasses.Field):
         return int
     if f.name in ("warmup_start_lr",):
         return float
-    if f.name == "overlap_steps":  # an integer unless "auto"
+    if f.name in ("overlap_steps", "fragments"):  # an integer unless "auto"
         return int
     return type(default)
 
@@ -58,7 +58,7 @@ def _coerce(name: str, value: Any) -> Any:
         if f.default is None:
             return None
         raise ConfigError(f"{_flag(name)}: a value is required")
-    if name == "overlap_steps" and str(value).strip().lower() == "auto":
+    if name in ("overlap_steps", "fragments") and str(value).strip().lower() == "auto":
         return "auto"
     kind = _scalar_type(f)
     if kind is bool:

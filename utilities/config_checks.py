@@ -56,10 +56,11 @@ def check_basic_values(config, error_type) -> None:
     """Counts, ratios and finite numbers no run could use otherwise (the first checks config.validate runs)."""
     if config.overlap_steps != "auto" and config.overlap_steps < 1:
         raise error_type(f"--overlap-steps must be at least 1 or auto, got {config.overlap_steps}")
+    if config.fragments != "auto" and config.fragments < 1:
+        raise error_type(f"--fragments must be at least 1 or auto, got {config.fragments}")
     positive = (
         "epochs",
         "batch_size",
-        "fragments",
         "eval_batch_size",
         "accumulation_steps",
         "max_micro_batch",

@@ -169,9 +169,10 @@ class Config:
         "auto",
         "--overlap: local steps the all-reduce may run behind before its average is applied (auto: the fewest that hide it, measured)",
     )
-    fragments: int = _field(
-        1,
-        "PLSGD/SlowMo/DiLoCo/AdaptiveJ: average the state as this many fragments at staggered steps of each period (streaming)",
+    fragments: Any = _field(
+        "auto",
+        "PLSGD/SlowMo/DiLoCo/AdaptiveJ: average the state as this many fragments at staggered steps of each period "
+        "(streaming; auto: min(J, 8) with --overlap, so each fragment's round is short and little of the state is stale, 1 without)",
     )
     sync_dtype: str = _field(
         "fp32",

@@ -182,6 +182,20 @@ def averaging_options(config) -> dict:
     }
 
 
+AUTO_FRAGMENTS = 8  # --fragments auto streams at most this many fragments a period (one every J/8 steps)
+MIN_FRAGMENT_ELEMENTS = 16384  # and none below 64 KB of fp32: smaller rounds cost more in fixed overhead than they hide
+
+
+def automatic_fragments(overlap: bool, local_steps: int, hierarchy: Optional[tuple], momentum_sync: str) -> int:
+    """``--fragments auto``: with --overlap, min(J, 8) fragments, so that each fragment's round is short and the
+    depth it needs small (a stale average costs accuracy by its depth, not by the fragment's share:
+    docs/RESULTS.md, issue 16); without --overlap, or where fragments do not apply, the whole state at once.
+    ``prepare`` lowers the count further for a small state (MIN_FRAGMENT_ELEMENTS)."""
+    if not overlap or hierarchy is not None or momentum_sync != "local":
+        return 1
+    return min(local_steps, AUTO_FRAGMENTS)
+
+
 def check_fragments(fragments: int, local_steps: int, hierarchy: Optional[tuple], momentum_sync: str) -> None:
     if not 1 <= fragments <= local_steps:
         raise ValueError(

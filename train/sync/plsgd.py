@@ -17,7 +17,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from train.sync.averaging import Averager, averaging_options, check_fragments
+from train.sync.averaging import (
+    MIN_FRAGMENT_ELEMENTS,
+    Averager,
+    automatic_fragments,
+    averaging_options,
+    check_fragments,
+)
 from train.sync.base import RunShape, Sync
 from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 from train.sync.fragments import StreamedFragments
@@ -53,7 +59,7 @@ class PLSGD(Sync):
         hierarchy: Optional[tuple] = None,
         ranks_per_node: int = 0,
         overlap_steps=1,
-        fragments: int = 1,
+        fragments=AUTO,
     ):
         super().__init__(meter)
         if local_steps < 1:
@@ -74,6 +80,9 @@ class PLSGD(Sync):
                 f"overlap_steps must be between 1 and local_steps ({local_steps}): a round completes at the "
                 f"latest when the next one begins; got {overlap_steps}"
             )
+        self.automatic_fragments = fragments == AUTO
+        if self.automatic_fragments:
+            fragments = automatic_fragments(overlap, local_steps, hierarchy, momentum_sync)
         check_fragments(fragments, local_steps, hierarchy, momentum_sync)
         self.fragments = fragments
         self.streamer: Optional[StreamedFragments] = None
@@ -98,6 +107,8 @@ class PLSGD(Sync):
         self.model, self.optimizer = model, optimizer
         broadcast_from_rank0(model)
         self.state = FlatBuffer(floating_state(model, self.average_buffers))
+        if self.automatic_fragments:
+            self.fragments = max(1, min(self.fragments, self.state.flat.numel() // MIN_FRAGMENT_ELEMENTS))
         if is_distributed() and self.fragments > 1:
             self.streamer = StreamedFragments(self, self.state.tensors, self.fragments, self.meter, self.sync_dtype)
         elif is_distributed():
@@ -168,7 +179,7 @@ class PLSGD(Sync):
             self.auto_depth.adopt(control)
 
     def after_epoch(self, epoch: int, metrics: dict) -> dict:
-        return {"overlap_steps": self.overlap_depth()} if self.overlap else {}
+        return {"overlap_steps": self.overlap_depth(), "fragments": self.fragments} if self.overlap else {}
 
     def synchronize(self, blocking: bool = False) -> None:
         """One averaging round across all ranks: parameters (+ buffers) in one all-reduce, then the
