@@ -72,7 +72,12 @@ def test_hierarchy_averages_within_nodes_often_and_across_nodes_rarely():
 def test_overlap_keeps_accuracy_of_blocking_averaging(tmp_path):
     args = [*LEARN_ARGS, "--training-type", "PLSGD", "--local-steps", "4"]
     check_ok(run_main([*args, "--output-dir", str(tmp_path / "blocking")], nproc=2))
-    check_ok(run_main([*args, "--overlap", "--overlap-steps", "2", "--output-dir", str(tmp_path / "overlap")], nproc=2))
+    check_ok(
+        run_main(
+            [*args, "--overlap", "--overlap-steps", "2", "--fragments", "1", "--output-dir", str(tmp_path / "overlap")],
+            nproc=2,
+        )
+    )
     blocking, overlap = summary(tmp_path / "blocking"), summary(tmp_path / "overlap")
     assert overlap["replicas_identical"]
     assert overlap["comm_rounds"] == blocking["comm_rounds"]

@@ -138,6 +138,8 @@ def test_some_defaults_by_value():
     assert config.download is True and config.augment is True
     assert config.milestones == [] and config.num_classes is None and config.warmup_start_lr is None
     assert config.resolved_output_dir() == "runs/MBSGD-cifar10-lenet5w"
+    assert (config.overlap_steps, config.fragments) == ("auto", "auto")
+    assert parse_config(["--fragments", "AUTO", "--overlap-steps", "3"]).fragments == "auto"
 
 
 def test_list_defaults_are_not_shared_between_configs():
@@ -290,6 +292,9 @@ def test_yaml_boolean_for_a_number_rejected(tmp_path, text, flag_name):
         (["--workers-per-node", "0"], "--workers-per-node"),
         (["--train_processing_bs", "abc"], "--train_processing_bs"),
         (["--scheduler-type", "linear"], "--scheduler-type"),
+        (["--fragments", "0"], "--fragments"),
+        (["--fragments", "some"], "--fragments"),
+        (["--overlap-steps", "0"], "--overlap-steps"),
     ],
 )
 def test_bad_values_rejected_naming_the_flag(argv, flag_name):

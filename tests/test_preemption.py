@@ -105,7 +105,9 @@ def mid_epoch_files(output_dir: Path) -> list:
         ("MBSGD", [], signal.SIGTERM),
         # J=5 with --overlap: the stop (a multiple of 10 steps) falls on a round just begun, still in flight.
         # A fixed depth: the automatic one follows measured times, so no two runs need to take the same steps.
-        ("PLSGD", ["--local-steps", "5", "--overlap", "--overlap-steps", "1"], signal.SIGUSR1),
+        ("PLSGD", ["--local-steps", "5", "--overlap", "--overlap-steps", "1", "--fragments", "1"], signal.SIGUSR1),
+        # Streamed fragments (--fragments auto): fragment 0 begins at every multiple of 5 steps, so it is in flight.
+        ("PLSGD", ["--local-steps", "5", "--overlap", "--overlap-steps", "1"], signal.SIGTERM),
     ],
 )
 def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resume_is_bit_identical(
@@ -125,8 +127,13 @@ def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resume_is_bit_identical(
     assert len(names) == 2 and names[1].endswith(".rank-1.pt"), names  # one mid-epoch file per rank
     state = load_checkpoint(str(pieces / "checkpoints" / names[0]))
     assert state["progress"]["epoch"] == 1 and 0 < state["progress"]["epoch_partial"]["steps"] < 160
-    if "--overlap" in extra:
-        assert "pending" in state["sync"]["averager"]  # the round in flight travels with the checkpoint
+    if "--overlap" in extra:  # the round in flight travels with the checkpoint
+        sync = state["sync"]
+        averagers = (
+            [f["averager"] for f in sync["fragments"]["fragments"]] if "fragments" in sync else [sync["averager"]]
+        )
+        assert any("pending" in averager for averager in averagers)
+        assert ("fragments" in sync) == ("--fragments" not in extra)
 
     resumed = run_main([*args, "--output-dir", str(pieces), "--resume", "auto"], nproc=2)
     check_ok(resumed)

@@ -10,8 +10,9 @@ What is measured, on every rank (only rank 0's figures are used):
   after k steps" is known to one step without waiting;
 - a round that was not done at its completion step held training up for ``waited`` seconds;
   it needed D + ceil(waited / step) steps, with the step's compute time measured as training goes.
-The proposal is the largest need of the last few rounds (one slow round on a shared link should
-not cause a stall in the next), capped by the caller at J.
+The proposal is the largest need of the rounds of the last three periods (one slow round on a
+shared link should not cause a stall in the next; with streamed fragments a period has one round
+per fragment), capped by the caller at J.
 
 Agreement: every rank must complete a round at the same step (the same collectives at the same
 steps), so the depth is rank 0's proposal, and it travels inside the averaging message itself:
@@ -37,12 +38,17 @@ _NEGLIGIBLE_WAIT = 0.02  # a wait below this fraction of a step is timer noise, 
 class AutoDepth:
     """Rank-local measurements and the depth the ranks agreed on."""
 
-    def __init__(self, initial: int, window: int = 3, step_window: int = 16):
+    def __init__(self, initial: int, periods: int = 3, step_window: int = 16):
         if initial < 1:
             raise ValueError(f"initial must be at least 1, got {initial}")
         self.depth = min(initial, MAXIMUM_DEPTH)  # agreed: identical on every rank
-        self.needs = deque(maxlen=window)
+        self.periods = periods
+        self.needs = deque(maxlen=periods)
         self.step_seconds = deque(maxlen=step_window)
+
+    def set_rounds_per_period(self, rounds: int) -> None:
+        """Streamed fragments make ``rounds`` rounds a period: remember the needs of as many periods."""
+        self.needs = deque(self.needs, maxlen=self.periods * rounds)
 
     def record_step(self, seconds: float) -> None:
         """Compute time of one local step (from the end of one after_step to the start of the next)."""

@@ -109,6 +109,8 @@ class PLSGD(Sync):
         self.state = FlatBuffer(floating_state(model, self.average_buffers))
         if self.automatic_fragments:
             self.fragments = max(1, min(self.fragments, self.state.flat.numel() // MIN_FRAGMENT_ELEMENTS))
+        if self.auto_depth is not None:
+            self.auto_depth.set_rounds_per_period(self.fragments)
         if is_distributed() and self.fragments > 1:
             self.streamer = StreamedFragments(self, self.state.tensors, self.fragments, self.meter, self.sync_dtype)
         elif is_distributed():
