@@ -205,7 +205,7 @@ def table_row(link: str, name: str, local_steps: int, repeats: list) -> list:
     if fragments > 1:
         label += f", F {fragments}"
     if any(depths):
-        label += f", D {' | '.join(depths)}"
+        label += f", D {'; '.join(depths)}"  # no '|': it would split the markdown cell
     fractions = [summary["images_per_second"] / alone for summary, _, alone in repeats if alone]
     accuracies = [summary["final_test_accuracy"] for summary in summaries]
     return [

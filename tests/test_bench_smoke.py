@@ -72,7 +72,7 @@ def test_network_bench_repeats_divide_by_their_own_compute_alone_run():
     # Repeat 1 ran on a machine 10% faster than repeat 2; each fraction uses its own repeat's reference.
     repeats = [(summary(900.0, 0.40), depth, 1000.0), (summary(720.0, 0.42), [{"overlap_steps": 5}], 900.0)]
     row = network_bench.table_row("100mbit", "PLSGD+overlap", 8, repeats)
-    assert row[2] == "8, D 4 | 5"
+    assert row[2] == "8, D 4; 5"
     assert row[3] == "810 (900 / 720)"
     assert row[4] == "0.85 (0.90 / 0.80)"
     assert row[8] == "41.00 (40.00 / 42.00)"
