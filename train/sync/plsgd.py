@@ -80,8 +80,8 @@ class PLSGD(Sync):
                 f"overlap_steps must be between 1 and local_steps ({local_steps}): a round completes at the "
                 f"latest when the next one begins; got {overlap_steps}"
             )
-        self.automatic_fragments = fragments == AUTO
-        if self.automatic_fragments:
+        self.fragments_auto = fragments == AUTO
+        if self.fragments_auto:
             fragments = automatic_fragments(overlap, local_steps, hierarchy, momentum_sync)
         check_fragments(fragments, local_steps, hierarchy, momentum_sync)
         self.fragments = fragments
@@ -107,7 +107,7 @@ class PLSGD(Sync):
         self.model, self.optimizer = model, optimizer
         broadcast_from_rank0(model)
         self.state = FlatBuffer(floating_state(model, self.average_buffers))
-        if self.automatic_fragments:
+        if self.fragments_auto:
             self.fragments = max(1, min(self.fragments, self.state.flat.numel() // MIN_FRAGMENT_ELEMENTS))
         if self.auto_depth is not None:
             self.auto_depth.set_rounds_per_period(self.fragments)
