@@ -211,6 +211,21 @@ def test_an_allowed_change_of_J_takes_effect_and_is_recorded(run_copy):
     assert recorded["config_changes"] == [{"from_epoch": 3, "changes": {"local_steps": {"from": 4, "to": 8}}}]
 
 
+def test_an_allowed_change_to_another_fragment_layout_is_refused_in_one_line(run_copy):
+    """A blocking run resumed with --overlap would stream min(J, 8) fragments (--fragments auto): the checkpoint's
+    rounds belong to the whole state, so even --allow-config-change cannot apply it; --fragments 1 can."""
+    before = snapshot(run_copy)
+    resume = [*LOCAL, "--overlap", "--allow-config-change", "--resume", "auto", "--output-dir", str(run_copy)]
+    result = run_main(resume, nproc=2)
+    assert result.returncode != 0 and no_rank_traceback(result.stderr), result.stderr
+    errors = lines_starting(result.stderr, "error:")
+    assert errors and all("in 1 fragment(s), this run in 4" in line for line in errors), result.stderr
+    assert all(line.endswith("resume with --fragments 1") for line in errors), result.stderr
+    assert snapshot(run_copy) == before
+    check_ok(run_main([*resume, "--fragments", "1"], nproc=2))
+    assert [row.get("fragments") for row in metrics(run_copy)] == [1, 1, 1]
+
+
 # ----- the output folder --------------------------------------------------------------------------------
 
 

@@ -102,7 +102,7 @@ def test_overlap_depth_j_completes_each_round_as_the_next_begins(ranks):
 
 
 def test_overlap_depth_above_j_is_refused():
-    with pytest.raises(ValueError, match="between 1 and local_steps"):
+    with pytest.raises(ValueError, match="between 1 and --local-steps"):
         PLSGD(CommMeter(), 3, overlap=True, overlap_steps=4)
 
 

@@ -163,7 +163,7 @@ class Config:
     bucket_cap_mb: float = _field(25.0, "MBSGD: DDP gradient bucket size in MB")
     overlap: bool = _field(
         False,
-        "PLSGD/SlowMo/AdaptiveJ: start the averaging all-reduce without blocking, apply it --overlap-steps local steps later",
+        "PLSGD/PostLocalSGD/SlowMo/DiLoCo/AdaptiveJ: start the averaging all-reduce without blocking, apply it --overlap-steps local steps later",
     )
     overlap_steps: Any = _field(
         "auto",

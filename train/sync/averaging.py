@@ -199,10 +199,10 @@ def automatic_fragments(overlap: bool, local_steps: int, hierarchy: Optional[tup
 def check_fragments(fragments: int, local_steps: int, hierarchy: Optional[tuple], momentum_sync: str) -> None:
     if not 1 <= fragments <= local_steps:
         raise ValueError(
-            f"fragments must be between 1 and local_steps ({local_steps}): one fragment begins every "
+            f"--fragments must be between 1 and --local-steps ({local_steps}): one fragment begins every "
             f"J / F steps; got {fragments}"
         )
     if fragments > 1 and hierarchy is not None:
-        raise ValueError("fragments cannot be combined with hierarchy")
+        raise ValueError("--fragments cannot be combined with --hierarchy")
     if fragments > 1 and momentum_sync != "local":
-        raise ValueError("fragments keep the optimizer's momentum local: use momentum_sync local")
+        raise ValueError("--fragments keep the optimizer's momentum local: use --momentum-sync local")

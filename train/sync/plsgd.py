@@ -28,6 +28,7 @@ from train.sync.base import RunShape, Sync
 from train.sync.flat_buffer import FlatBuffer, averaged_copy, floating_state
 from train.sync.fragments import StreamedFragments
 from train.sync.overlap_depth import AUTO, AutoDepth
+from utilities.checkpoint import CheckpointError
 from utilities.distributed import CommMeter, is_distributed
 
 MOMENTUM_SYNC = ("local", "reset", "average")
@@ -77,7 +78,7 @@ class PLSGD(Sync):
             local_steps = global_steps
         if overlap and overlap_steps != AUTO and not 1 <= overlap_steps <= local_steps:
             raise ValueError(
-                f"overlap_steps must be between 1 and local_steps ({local_steps}): a round completes at the "
+                f"--overlap-steps must be between 1 and --local-steps ({local_steps}): a round completes at the "
                 f"latest when the next one begins; got {overlap_steps}"
             )
         self.fragments_auto = fragments == AUTO
@@ -181,7 +182,8 @@ class PLSGD(Sync):
             self.auto_depth.adopt(control)
 
     def after_epoch(self, epoch: int, metrics: dict) -> dict:
-        return {"overlap_steps": self.overlap_depth(), "fragments": self.fragments} if self.overlap else {}
+        figures = {"fragments": self.fragments_in_use()} if is_distributed() else {}
+        return {**figures, "overlap_steps": self.overlap_depth()} if self.overlap else figures
 
     def synchronize(self, blocking: bool = False) -> None:
         """One averaging round across all ranks: parameters (+ buffers) in one all-reduce, then the
@@ -265,7 +267,16 @@ class PLSGD(Sync):
             state["auto_depth"] = self.auto_depth.state_dict()
         return state
 
+    def fragments_in_use(self) -> int:
+        return len(self.streamer.fragments) if self.streamer is not None else 1
+
     def load_state_dict(self, state: dict) -> None:
+        saved = len(state["fragments"]["fragments"]) if "fragments" in state else 1
+        if saved != self.fragments_in_use():  # its rounds (some maybe in flight) belong to the other layout
+            raise CheckpointError(
+                f"the checkpoint averages the state in {saved} fragment(s), this run in {self.fragments_in_use()} "
+                f"(--fragments auto streams min(J, 8) with --overlap, 1 without); resume with --fragments {saved}"
+            )
         self.steps_since_sync, self.local_steps, self.steps = (
             state["steps_since_sync"],
             state["local_steps"],
