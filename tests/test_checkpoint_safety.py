@@ -226,6 +226,16 @@ def test_an_allowed_change_to_another_fragment_layout_is_refused_in_one_line(run
     assert [row.get("fragments") for row in metrics(run_copy)] == [1, 1, 1]
 
 
+def test_a_checkpoint_records_the_fragment_count_streamed_so_auto_resumes_it(tmp_path):
+    folder = tmp_path / "run"
+    check_ok(
+        run_main([*LOCAL, "--overlap", "--fragments", "4", "--epochs-per-job", "1", "--output-dir", str(folder)], 2)
+    )
+    # --fragments auto resolves to 4 here (J=4): the layout the checkpoint was written with, so no permission.
+    check_ok(run_main([*LOCAL, "--overlap", "--resume", "auto", "--output-dir", str(folder)], nproc=2))
+    assert [row.get("fragments") for row in metrics(folder)] == [4, 4, 4]
+
+
 # ----- the output folder --------------------------------------------------------------------------------
 
 

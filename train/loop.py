@@ -57,6 +57,8 @@ class Trainer:
         self.amp = MixedPrecision(settings.amp, device)
         self.train_model = sync.prepare(model, optimizer)
         self.identity = identity or {}  # what a checkpoint must match to be resumed
+        if "fragments" in self.identity:  # the count streamed, not "auto": it is what a checkpoint's rounds fit
+            self.identity["fragments"] = sync.fragments_in_use()
         self.guard = NonFiniteGuard(model, sync, settings.on_nan, scales_gradients=self.amp.scaler is not None)
         self.preemption = preemption  # stops all ranks together on SIGTERM/SIGUSR1
 

@@ -93,6 +93,11 @@ class Sync:
         """True right after a step that left every rank with the same parameters (--check-replicas)."""
         return False
 
+    def fragments_in_use(self) -> int:
+        """How many pieces a round averages (--fragments, resolved after ``prepare``); a checkpoint is
+        resumed only into the same count."""
+        return 1
+
     @contextlib.contextmanager
     def eval_model(self):
         """The model every rank evaluates; identical on all ranks."""
